@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kuosan import KuosanError, NoiseSchedule
-from kuosan.schedule import x0_eps_from_output, target_for
+from kuosan.schedule import target_for, x0_eps_from_output
 
 SCHEDULES = [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000), NoiseSchedule.linear(50)]
 
@@ -23,7 +23,7 @@ def test_linear_is_ddpm():
 def test_cosine_matches_formula_and_clip():
     s = NoiseSchedule.cosine(1000)
     assert s.betas.max() <= 0.999
-    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
     for t in (0, 10, 500, 900):
         assert s.alpha_bar[t].item() == pytest.approx(f((t + 1) / 1000) / f(0), rel=1e-9)
 

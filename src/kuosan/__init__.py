@@ -6,4 +6,4 @@ from .schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
-__all__ = ["KuosanError", "NoiseSchedule", "sample", "__version__"]
+__all__ = ["KuosanError", "NoiseSchedule", "__version__", "sample"]

@@ -205,8 +205,8 @@ def variational_bound(
     distinct t from {1, …, T−1} and uses the unbiased estimate (T−1)/K·Σ_k L_{t_k}; the decoder
     term is always exact. With the discretised decoder, x_0 must lie on the 8-bit grid in [−1, 1].
     """
-    kwargs = dict(prediction=prediction, variance=variance, decoder=decoder, clip_x0=clip_x0,
-                  generator=generator)
+    kwargs = {"prediction": prediction, "variance": variance, "decoder": decoder, "clip_x0": clip_x0,
+                  "generator": generator}
     if timesteps is None:
         ts, scale = list(range(1, schedule.T)), 1.0
     else:
