@@ -1,0 +1,430 @@
+"""The Trainer: one loop that reads top to bottom, on one CPU or many GPUs.
+
+Scale-out is HF Accelerate's: the same code runs as a plain process, under ``accelerate launch``
+or under ``torchrun`` (DistributedDataParallel; gloo on the CPU, NCCL on CUDA).
+
+Determinism. Everything random in step ``k`` comes from generators seeded by ``(seed, k)``: the
+examples of the global batch (an endless stream of per-epoch permutations), the timesteps and
+the noise. Each rank draws the whole global batch and takes its own rows, so the run does not
+depend on the number of processes, and resuming at step k needs no saved RNG state: N steps,
+stop, and resume to 2N gives the same weights, bit for bit on the CPU, as 2N steps straight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import (
+    load_config,
+    load_state_dict_strict,
+    load_training_state,
+    load_weights,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    read_tensors,
+    save_checkpoint,
+)
+from .data import ArrayDataset, DataInfo, load_dataset
+from .errors import KuosanError
+from .images import save_grid, save_png, to_pil
+from .models import UNET_PRESETS, MLPConfig, build_model, config_to_dict, count_parameters, unet_preset
+from .objectives import training_loss
+from .samplers import sample
+from .schedule import PREDICTIONS, NoiseSchedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved in config.json under "train"."""
+
+    data: str = "digits"
+    size: int | None = None  # image side; None: the data's own (digits 8) or 32 for folders
+    channels: int | None = None  # 1 or 3; None: from the data
+    skip_bad: bool = False  # skip unreadable images with a warning instead of stopping
+    model: str = "auto"  # a UNet preset (xs, s, m, l), "mlp", or "auto" (by data size)
+    dropout: float | None = None  # override the preset's dropout
+    schedule: str = "linear"  # linear or cosine
+    T: int = 1000
+    prediction: str = "eps"  # eps, x0 or v
+    weighting: str = "uniform"  # uniform or min_snr
+    min_snr_gamma: float = 5.0
+    steps: int | None = None  # total optimizer steps to reach
+    minutes: float | None = None  # wall-clock budget of this invocation
+    batch_size: int = 128  # global batch (all processes, all accumulation steps)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_half_life_images: float = 100_000.0  # EMA half-life in images (EDM), ramped up below
+    ema_rampup_ratio: float = 0.05  # half-life ≤ this × images seen, so early EMA is not stale
+    seed: int = 0
+    sample_every: int = 1000  # steps between sample grids (0: only at the end)
+    save_every: int = 1000  # steps between checkpoints (0: only at the end)
+    log_every: int = 50
+    grid_size: int = 64
+    grid_sampler: str = "ddpm"
+    grid_steps: int = 100
+    device: str = "auto"  # auto, cpu or cuda
+    bf16: bool = False  # bf16 autocast (CUDA)
+
+    def check(self) -> None:
+        """Raise KuosanError naming the first bad value."""
+        positive = {"T": self.T, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "grid_size": self.grid_size, "grid_steps": self.grid_steps,
+                    "log_every": self.log_every}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise KuosanError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("sample_every", "save_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise KuosanError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.steps is None and self.minutes is None:
+            raise KuosanError("say how long to train: --steps N (total steps) or --minutes M")
+        if self.steps is not None and self.steps < 0:
+            raise KuosanError(f"--steps must be >= 0, got {self.steps}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise KuosanError(f"--minutes must be > 0, got {self.minutes}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise KuosanError(f"--lr must be a positive number, got {self.lr}")
+        if self.prediction not in PREDICTIONS:
+            raise KuosanError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.schedule not in ("linear", "cosine"):
+            raise KuosanError(f"--schedule must be linear or cosine, got {self.schedule!r}")
+        if self.weighting not in ("uniform", "min_snr"):
+            raise KuosanError(f"--weighting must be uniform or min_snr, got {self.weighting!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise KuosanError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise KuosanError("--device cuda was asked for, but no CUDA device is available")
+        if self.model not in ("auto", "mlp", *UNET_PRESETS):
+            raise KuosanError(f"--preset must be auto, mlp or one of {', '.join(UNET_PRESETS)}, "
+                              f"got {self.model!r}")
+
+    def make_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.cosine(self.T) if self.schedule == "cosine" else NoiseSchedule.linear(self.T)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run reached."""
+
+    step: int
+    images_seen: int
+    seconds: float
+    last_loss: float
+    stopped_by: str  # "steps", "minutes" or "interrupt"
+
+
+# ---- pure helpers ------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator for one purpose (``stream``) in one step, independent of everything else."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> Tensor:
+    """Indices of the global batch of ``step``: positions [step·B, (step+1)·B) of an endless stream
+    of per-epoch random permutations of range(n)."""
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    epochs = positions // n
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(n, generator=step_generator(seed, epoch, 7))
+        mask = epochs == epoch
+        out[mask] = perm[positions[mask] % n]
+    return out
+
+
+def ema_beta(batch_size: int, images_seen: int, half_life: float, rampup_ratio: float) -> float:
+    """β = 0.5^(B / h) with h = min(half_life, rampup_ratio · images seen) (EDM's EMA ramp)."""
+    h = half_life
+    if rampup_ratio > 0:
+        h = min(h, rampup_ratio * images_seen)
+    return 0.5 ** (batch_size / max(h, 1e-8))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
+    """θ_ema ← β·θ_ema + (1 − β)·θ."""
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.lerp_(p.detach().to(p_ema.dtype), 1 - beta)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up from 0 over ``warmup_steps``, then constant."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def model_spec(config: TrainConfig, info: DataInfo) -> tuple[str, dict]:
+    """(kind, config dict) of the network for this data."""
+    if info.kind == "vector":
+        if config.model not in ("auto", "mlp"):
+            raise KuosanError(f"--preset {config.model} is a UNet, but {info.name} holds vectors: use mlp")
+        cfg = MLPConfig(dim=info.shape[0])
+        if config.dropout is not None:
+            cfg = dataclasses.replace(cfg, dropout=config.dropout)
+        return "mlp", config_to_dict(cfg)
+    if config.model == "mlp":
+        raise KuosanError(f"--preset mlp is for vector data, but {info.name} holds images")
+    c, h, _ = info.shape
+    name = config.model if config.model != "auto" else ("xs" if h <= 8 else "s" if h <= 16 else "m")
+    overrides: dict[str, Any] = {"in_channels": c, "out_channels": c, "image_size": h}
+    if config.dropout is not None:
+        overrides["dropout"] = config.dropout
+    return "unet", config_to_dict(unet_preset(name, **overrides))
+
+
+def points_image(points: Tensor, size: int = 256, extent: float = 3.5) -> Tensor:
+    """A 2-D scatter as a grayscale image in [−1, 1] (dark points on white), for toy data."""
+    p = points[:, :2].float().clamp(-extent, extent)
+    ij = ((p + extent) / (2 * extent) * (size - 1)).round().long()
+    counts = torch.zeros(size, size)
+    counts.index_put_((size - 1 - ij[:, 1], ij[:, 0]), torch.ones(len(p)), accumulate=True)
+    ink = (counts / counts.max().clamp(min=1)).sqrt()
+    return (1 - 2 * ink)[None]
+
+
+# ---- the trainer ----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train a denoiser on a dataset; checkpoints in ``out`` follow :mod:`kuosan.checkpoint`."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, *, resume: bool = False,
+                 progress: bool = True) -> None:
+        from accelerate import Accelerator
+
+        config.check()
+        self.out = Path(out)
+        self.progress = progress
+        has_ckpt = (self.out / "config.json").exists()
+        if resume and not (self.out / "training_state.json").exists():
+            raise KuosanError(f"--resume: '{self.out}' holds no training state to resume from")
+        if not resume and has_ckpt:
+            raise KuosanError(f"'{self.out}' already holds a checkpoint: pass --resume to continue "
+                              f"it, or choose another --out")
+        self.config = config
+        use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision="bf16" if config.bf16 else "no")
+        acc = self.accelerator
+        if config.batch_size % (acc.num_processes * config.grad_accum):
+            raise KuosanError(
+                f"--batch {config.batch_size} must be divisible by processes × --grad-accum "
+                f"= {acc.num_processes} × {config.grad_accum}")
+
+        self.dataset: ArrayDataset = load_dataset(config.data, size=config.size, channels=config.channels,
+                                                  skip_bad=config.skip_bad, seed=config.seed)
+        self.info = self.dataset.info
+        self.schedule = config.make_schedule()
+        self.kind, self.model_config = model_spec(config, self.info)
+        model = build_model(self.kind, self.model_config)
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.999),
+                                      weight_decay=config.weight_decay)
+        self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
+        if resume:
+            self._load(model, optimizer)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.ema.to(acc.device)
+        self.dataset = self.dataset.to(acc.device)
+
+    # -- checkpoints --
+
+    def checkpoint_config(self) -> dict:
+        return {
+            "kuosan_version": __version__,
+            "model": {"kind": self.kind, "config": self.model_config},
+            "schedule": self.schedule.to_config(),
+            "prediction": self.config.prediction,
+            "data": self.info.to_dict(),
+            "sampling": {"clip_x0": self.info.kind == "image"},
+            "text_encoder": None,
+            "train": dataclasses.asdict(self.config),
+        }
+
+    def _load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        stored = load_config(self.out)
+        if stored["model"] != {"kind": self.kind, "config": self.model_config}:
+            raise KuosanError(f"--resume: the model in '{self.out}/config.json' differs from the one "
+                              f"these settings build; resume with the run's own settings")
+        state, tensors = load_training_state(self.out)
+        load_state_dict_strict(model, read_tensors(self.out / "model.safetensors")[0],
+                               str(self.out / "model.safetensors"))
+        load_state_dict_strict(self.ema, load_weights(self.out, "ema")[0], str(self.out / "ema.safetensors"))
+        optimizer_from_tensors(optimizer, state["optimizer"], tensors)
+        self.step, self.images_seen = state["step"], state["images_seen"]
+        self.elapsed_before = state.get("elapsed_seconds", 0.0)
+
+    def save(self, elapsed: float) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            opt = getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap Accelerate's wrapper
+            meta, tensors = optimizer_to_tensors(opt)
+            save_checkpoint(
+                self.out, config=self.checkpoint_config(),
+                model=acc.unwrap_model(self.model).state_dict(), ema=self.ema.state_dict(),
+                state_json={"images_seen": self.images_seen, "optimizer": meta,
+                            "elapsed_seconds": self.elapsed_before + elapsed,
+                            "num_processes": acc.num_processes},
+                state_tensors=tensors, step=self.step)
+        acc.wait_for_everyone()
+
+    def sample_grid(self) -> Path | None:
+        """Sample ``grid_size`` images (or 2,000 points) with the EMA weights into samples/step_N.png."""
+        if not self.accelerator.is_main_process:
+            return None
+        cfg = self.config
+        image = self.info.kind == "image"
+        shape = (cfg.grid_size if image else 2000, *self.info.shape)
+        x = sample(self.ema, shape, schedule=self.schedule, sampler=cfg.grid_sampler,
+                   steps=min(cfg.grid_steps, self.schedule.T), prediction=cfg.prediction,
+                   generator=torch.Generator().manual_seed(cfg.seed), device=self.accelerator.device,
+                   clip_x0=image)
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if image:
+            save_grid(x.float().cpu(), path, upscale=max(1, 64 // self.info.shape[-1]))
+        else:
+            save_png(to_pil(points_image(x.float().cpu())), path)
+        return path
+
+    # -- the loop --
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over the global batch; returns (loss, grad norm)."""
+        cfg, acc = self.config, self.accelerator
+        world, rank = acc.num_processes, acc.process_index
+        idx = batch_indices(cfg.seed, self.step, cfg.batch_size, len(self.dataset))
+        g = step_generator(cfg.seed, self.step, 1)
+        t = torch.randint(0, self.schedule.T, (cfg.batch_size,), generator=g)
+        noise = torch.randn((cfg.batch_size, *self.info.shape), generator=g)
+        micro = cfg.batch_size // (world * cfg.grad_accum)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.step)
+        total = 0.0
+        with torch.random.fork_rng(devices=[]):  # dropout: seeded per step, global RNG restored after
+            torch.manual_seed(cfg.seed * 1_000_003 + self.step)
+            for m in range(cfg.grad_accum):
+                rows = slice((m * world + rank) * micro, (m * world + rank + 1) * micro)
+                x0 = self.dataset.batch(idx[rows].to(acc.device))
+                sync = acc.no_sync(self.model) if m + 1 < cfg.grad_accum else contextlib.nullcontext()
+                with sync, acc.autocast():
+                    loss = training_loss(self.model, x0, self.schedule, prediction=cfg.prediction,
+                                         weighting=cfg.weighting, gamma=cfg.min_snr_gamma,
+                                         t=t[rows].to(acc.device), noise=noise[rows].to(acc.device)).mean()
+                    acc.backward(loss / cfg.grad_accum)
+                total += loss.item() / cfg.grad_accum
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(grad_norm) or not math.isfinite(total):
+            raise KuosanError(
+                f"training diverged at step {self.step}: loss {total:.4g}, gradient norm {grad_norm:.4g}. "
+                f"The last good checkpoint in '{self.out}' is kept; try a lower --lr (now {cfg.lr:g})")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.images_seen += cfg.batch_size
+        beta = ema_beta(cfg.batch_size, self.images_seen, cfg.ema_half_life_images, cfg.ema_rampup_ratio)
+        ema_update(self.ema, acc.unwrap_model(self.model), beta)
+        return total, grad_norm
+
+    def _time_is_up(self, start: float) -> bool:
+        if self.config.minutes is None:
+            return False
+        up = torch.tensor(float(time.monotonic() - start >= self.config.minutes * 60))
+        if self.accelerator.num_processes > 1:  # every rank stops at the same step
+            up = self.accelerator.reduce(up.to(self.accelerator.device), "max").cpu()
+        return bool(up.item())
+
+    def fit(self) -> TrainResult:
+        cfg, acc = self.config, self.accelerator
+        main = acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            n_params = count_parameters(acc.unwrap_model(self.model))
+            print(f"kuosan: training {self.kind} ({n_params / 1e6:.2f} M parameters) on {self.info.name} "
+                  f"{self.info.num_items} × {tuple(self.info.shape)}, {acc.num_processes} process(es) on "
+                  f"{acc.device}, batch {cfg.batch_size}, from step {self.step}", flush=True)
+        start = time.monotonic()
+        stopped_by, loss, log_losses = "steps", float("nan"), []
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and self.progress),
+                   unit="step", dynamic_ncols=True)
+        interrupted: list[bool] = []
+        old_handler = signal.getsignal(signal.SIGINT)
+        if main:
+            signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        last_log = (time.monotonic(), self.step)
+        try:
+            while True:
+                if cfg.steps is not None and self.step >= cfg.steps:
+                    break
+                if self._time_is_up(start):
+                    stopped_by = "minutes"
+                    break
+                if interrupted:
+                    stopped_by = "interrupt"
+                    break
+                self.model.train()
+                loss, _ = self.train_step()
+                log_losses.append(loss)
+                bar.update(1)
+                if cfg.minutes is not None:
+                    left = cfg.minutes * 60 - (time.monotonic() - start)
+                    bar.set_postfix(loss=f"{loss:.4f}", left=f"{max(left, 0) / 60:.1f}min", refresh=False)
+                else:
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if main and self.step % cfg.log_every == 0:
+                    now = time.monotonic()
+                    rate = (self.step - last_log[1]) / max(now - last_log[0], 1e-9)
+                    self._log({"step": self.step, "loss": sum(log_losses) / len(log_losses),
+                               "lr": learning_rate(cfg, self.step - 1), "steps_per_s": rate,
+                               "images_seen": self.images_seen,
+                               "elapsed_s": self.elapsed_before + now - start})
+                    log_losses, last_log = [], (now, self.step)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save(time.monotonic() - start)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.sample_grid()
+        finally:
+            bar.close()
+            if main:
+                signal.signal(signal.SIGINT, old_handler)
+        elapsed = time.monotonic() - start
+        self.save(elapsed)
+        grid = self.sample_grid()
+        if main:
+            total_s = self.elapsed_before + elapsed
+            print(f"kuosan: stopped by {stopped_by} at step {self.step} after {elapsed / 60:.1f} min "
+                  f"({self.step / max(total_s, 1e-9):.2f} steps/s overall); checkpoint in {self.out}"
+                  + (f", samples in {grid}" if grid else ""), flush=True)
+        return TrainResult(self.step, self.images_seen, elapsed, loss, stopped_by)
+
+    def _log(self, record: dict) -> None:
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) a model into the checkpoint folder ``out``."""
+    return Trainer(config, out, resume=resume, progress=progress).fit()
