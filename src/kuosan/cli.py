@@ -1,0 +1,295 @@
+"""The ``kuosan`` command: parse flags → build a config → one library call.
+
+A user's mistake (``KuosanError``) prints one line, ``kuosan: error: …``, and exits with
+status 2; argparse does the same for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import KuosanError
+
+
+def _number(kind: type, minimum: float, strict: bool, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, 0, True, "a positive integer")
+non_negative_int = _number(int, 0, False, "an integer >= 0")
+positive_float = _number(float, 0.0, True, "a positive number")
+
+
+# ---- train -------------------------------------------------------------------------------------
+
+# flag dest → TrainConfig field
+TRAIN_FLAGS = {
+    "data": "data", "size": "size", "channels": "channels", "preset": "model", "steps": "steps",
+    "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
+    "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
+    "weighting": "weighting", "seed": "seed", "sample_every": "sample_every",
+    "save_every": "save_every", "device": "device", "bf16": "bf16", "skip_bad": "skip_bad",
+    "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
+}
+# what a resumed run may change; everything else comes from the checkpoint
+RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from .models import UNET_PRESETS
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train", help="train a model on a dataset",
+        description="Train a diffusion model. The output folder becomes a checkpoint "
+                    "(config.json + safetensors) that `kuosan sample` reads; sample grids go to "
+                    "OUT/samples/, a log to OUT/log.jsonl. Ctrl-C stops cleanly and saves. "
+                    "Many processes: `accelerate launch -m kuosan.cli train …` or "
+                    "`torchrun --nproc_per_node N -m kuosan.cli train …`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=d.data,
+                   help="digits, moons, swissroll, gaussians, or a folder of images (png, jpg, webp, bmp)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="image side in pixels (default: digits 8, folders 32)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="force grayscale or RGB")
+    p.add_argument("--preset", default=d.model, choices=("auto", "mlp", *UNET_PRESETS),
+                   help="network: UNet xs (~0.5M), s (~2.4M), m (~10M), l (~38M); mlp for 2-D toys; "
+                        "auto picks by data size")
+    p.add_argument("--steps", type=non_negative_int, default=None,
+                   help="total optimizer steps to reach (counting those before --resume)")
+    p.add_argument("--minutes", type=positive_float, default=None,
+                   help="wall-clock budget: stop cleanly and save when it is spent")
+    p.add_argument("--batch", type=positive_int, default=d.batch_size, help="global batch size")
+    p.add_argument("--grad-accum", type=positive_int, default=d.grad_accum, help="gradient accumulation steps")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--warmup", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction, help="training target")
+    p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
+    p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")
+    p.add_argument("--weighting", choices=("uniform", "min_snr"), default=d.weighting, help="loss weighting")
+    p.add_argument("--ema-half-life", type=positive_float, default=d.ema_half_life_images,
+                   help="EMA half-life in images")
+    p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every,
+                   help="steps between sample grids (0: only at the end)")
+    p.add_argument("--save-every", type=non_negative_int, default=d.save_every,
+                   help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--grid-size", type=positive_int, default=d.grid_size, help="images per sample grid")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (for CUDA)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its own settings; --steps/--minutes set the new stop)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .checkpoint import load_config
+    from .train import TrainConfig, train
+
+    if args.resume and (args.out / "config.json").exists():
+        stored = load_config(args.out).get("train", {})
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        base = TrainConfig(**{k: v for k, v in stored.items() if k in known})
+        explicit = _typed_flags(args._argv) & set(TRAIN_FLAGS)
+        changes = {TRAIN_FLAGS[f]: getattr(args, f) for f in explicit if TRAIN_FLAGS[f] in RESUMABLE}
+        ignored = sorted(f for f in explicit if TRAIN_FLAGS[f] not in RESUMABLE)
+        if ignored:
+            print("kuosan: --resume keeps the run's own settings; ignoring --"
+                  + ", --".join(f.replace("_", "-") for f in ignored), file=sys.stderr)
+        if "steps" in changes or "minutes" in changes:  # a new stopping rule replaces the old one
+            changes.setdefault("steps", None)
+            changes.setdefault("minutes", None)
+        config = dataclasses.replace(base, **changes)
+    else:
+        config = TrainConfig(**{field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()})
+    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _typed_flags(argv: list[str]) -> set[str]:
+    """The long flags present on the command line, as argparse dests."""
+    return {t[2:].split("=")[0].replace("-", "_") for t in argv if t.startswith("--")}
+
+
+# ---- sample ------------------------------------------------------------------------------------
+
+
+def add_sample(sub: argparse._SubParsersAction) -> None:
+    from .samplers import SAMPLERS
+
+    p = sub.add_parser(
+        "sample", help="draw samples from a trained model",
+        description="Draw samples from a checkpoint folder. OUT ending in .png is one grid; any "
+                    "other OUT is a folder with one PNG per sample (0000.png, …) at the model's "
+                    "resolution and channel count. Models of 2-D points write a scatter image "
+                    "(.png) or the points (.csv).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", type=Path, help="checkpoint folder (from kuosan train)")
+    p.add_argument("-n", "--num", type=positive_int, default=16, help="number of samples")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: T for ddpm, 20 for the others)")
+    p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
+    p.add_argument("--out", type=Path, required=True, help="a .png grid, or a folder")
+    p.add_argument("--batch", type=positive_int, default=256, help="samples per batch")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .images import save_grid, save_images, save_png, to_pil
+    from .pipeline import Pipeline
+    from .train import points_image
+
+    out: Path = args.out
+    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
+    suffix = out.suffix.lower()
+    allowed = (".png", ".csv") if pipe.info.kind == "vector" else (".png", "")
+    if suffix not in allowed:
+        raise KuosanError(f"--out '{out}': use a .png file for a grid or a folder name without a suffix"
+                          + (" (or .csv for points)" if pipe.info.kind == "vector" else ""))
+    steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 20
+    x = pipe.sample(args.num, sampler=args.sampler, num_inference_steps=steps, seed=args.seed,
+                    batch_size=args.batch, progress=not args.no_progress)
+    if pipe.info.kind == "vector":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            np.savetxt(out, pipe.to_data(x).numpy(), delimiter=",")
+        else:
+            save_png(to_pil(points_image(x)), out)
+    elif suffix == ".png":
+        save_grid(x, out, upscale=max(1, 64 // pipe.info.shape[-1]))
+    else:
+        save_images(x, out)
+    print(f"kuosan: wrote {args.num} samples ({args.sampler}, {steps or pipe.schedule.T} steps) to {out}")
+    return 0
+
+
+# ---- eval --------------------------------------------------------------------------------------
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a trained model",
+        description="Evaluate a checkpoint. --nll computes the variational bound on the model's "
+                    "training data (or --data): bits/dim for images (8-bit, discretised decoder), "
+                    "nats/dim in model space for vectors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", type=Path, help="checkpoint folder")
+    p.add_argument("--nll", action="store_true", help="negative log-likelihood bound")
+    p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
+    p.add_argument("--examples", type=positive_int, default=500, help="data examples to evaluate")
+    p.add_argument("--timesteps", type=positive_int, default=None,
+                   help="estimate the KL sum from this many random t (unbiased; default: all T)")
+    p.add_argument("--batch", type=positive_int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_dataset
+    from .objectives import variational_bound
+    from .pipeline import Pipeline
+
+    if not args.nll:
+        raise KuosanError("say what to evaluate: --nll")
+    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
+    train_cfg = pipe.config.get("train", {})
+    spec = args.data or train_cfg.get("data")
+    if spec is None:
+        raise KuosanError(f"'{args.model}' does not name its training data: pass --data")
+    shape, image = tuple(pipe.info.shape), pipe.info.kind == "image"
+    ds = load_dataset(spec, size=shape[-1] if image else None, channels=shape[0] if image else None,
+                      seed=train_cfg.get("seed", 0))
+    if tuple(ds.info.shape) != shape:
+        raise KuosanError(f"data '{spec}' has items of shape {ds.info.shape}, the model expects {shape}")
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(ds), generator=g)[: args.examples]
+    bounds = []
+    for start in range(0, len(idx), args.batch):
+        x0 = ds.batch(idx[start:start + args.batch]).to(pipe.device)
+        if image:  # the discretised decoder scores the 8-bit grid
+            x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1
+        bounds.append(variational_bound(
+            pipe.model, x0, pipe.schedule, prediction=pipe.prediction,
+            decoder="discretized" if image else "gaussian", clip_x0=image,
+            timesteps=args.timesteps, generator=g))
+    dims = math.prod(shape)
+    scale = dims * (math.log(2) if image else 1.0)
+    per_dim = {k: torch.cat([getattr(b, k) for b in bounds]).cpu() / scale
+               for k in ("prior", "diffusion", "decoder", "total")}
+    unit = "bits/dim" if image else "nats/dim"
+    total = per_dim["total"]
+    result = {
+        "model": str(args.model), "data": spec, "examples": len(idx), "unit": unit,
+        "nll": total.mean().item(), "stderr": (total.std() / math.sqrt(len(total))).item(),
+        "terms": {k: per_dim[k].mean().item() for k in ("prior", "diffusion", "decoder")},
+        "timesteps": args.timesteps or pipe.schedule.T - 1,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        t = result["terms"]
+        print(f"NLL bound: {result['nll']:.4f} ± {result['stderr']:.4f} {unit} on {len(idx)} examples of "
+              f"{spec} (prior {t['prior']:.4f}, diffusion {t['diffusion']:.4f}, decoder {t['decoder']:.4f})")
+    return 0
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kuosan", description="kuosan (扩散): diffusion models — train, sample, evaluate.")
+    parser.add_argument("--version", action="version", version=f"kuosan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(sub)
+    add_sample(sub)
+    add_eval(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args._argv = argv
+    try:
+        return args.func(args)
+    except KuosanError as err:
+        print(f"kuosan: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
