@@ -79,7 +79,7 @@ def pil_to_uint8(img: Image.Image, channels: int | None = None) -> Tensor:
         channels = 1 if is_grayscale(img) else 3
     arr = np.asarray(to_rgb_or_l(img, channels), dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(arr.copy())  # copy: writable and contiguous
 
 
 def from_pil(img: Image.Image, channels: int | None = None) -> Tensor:
