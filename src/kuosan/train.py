@@ -237,7 +237,9 @@ class Trainer:
         self.info = self.dataset.info
         self.schedule = config.make_schedule()
         self.kind, self.model_config = model_spec(config, self.info)
-        model = build_model(self.kind, self.model_config)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
+            torch.manual_seed(config.seed)
+            model = build_model(self.kind, self.model_config)
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.999),
                                       weight_decay=config.weight_decay)
