@@ -429,4 +429,10 @@ class Trainer:
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) a model into the checkpoint folder ``out``."""
-    return Trainer(config, out, resume=resume, progress=progress).fit()
+    trainer = Trainer(config, out, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # no rank tears the group down while another still saves
+            torch.distributed.destroy_process_group()

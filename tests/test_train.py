@@ -1,0 +1,138 @@
+"""The trainer end to end: exact resume, many processes, time budget, divergence, bad input."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kuosan import KuosanError
+from kuosan.train import TrainConfig, batch_indices, ema_beta, train
+
+TINY = TrainConfig(data="digits", steps=6, batch_size=16, warmup_steps=2, sample_every=0,
+                   save_every=0, grid_size=4, grid_steps=3, log_every=2)
+
+
+def weights(folder: Path, name: str = "model") -> dict[str, torch.Tensor]:
+    return load_file(folder / f"{name}.safetensors")
+
+
+def assert_same(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_exact_resume_bit_for_bit(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(TINY, straight, progress=False)
+    train(dataclasses.replace(TINY, steps=3), split, progress=False)
+    r = train(dataclasses.replace(TINY, steps=6), split, resume=True, progress=False)
+    assert r.step == 6 and r.images_seen == 6 * 16
+    for name in ("model", "ema", "training_state"):
+        assert_same(weights(straight, name), weights(split, name))
+    # and a different seed really gives different weights (the check above can fail)
+    other = tmp_path / "other"
+    train(dataclasses.replace(TINY, seed=1), other, progress=False)
+    a, b = weights(straight), weights(other)
+    assert any(not torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_checkpoint_contents_and_samples(tmp_path):
+    out = tmp_path / "run"
+    train(dataclasses.replace(TINY, steps=4, save_every=2, sample_every=2), out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "ema.safetensors", "training_state.json",
+            "training_state.safetensors", "log.jsonl", "samples"} <= names
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    out = tmp_path / "run"
+    r = train(dataclasses.replace(TINY, steps=None, minutes=0.02), out, progress=False)
+    assert r.stopped_by == "minutes" and r.step > 0
+    assert (out / "training_state.json").exists()
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import kuosan.train as kt
+
+    real = kt.training_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(kt, "training_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(KuosanError, match="diverged at step 4"):
+        train(dataclasses.replace(TINY, steps=10, save_every=2), out, progress=False)
+    from kuosan.checkpoint import load_training_state
+
+    state, _ = load_training_state(out)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in weights(out).values())
+
+
+def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KuosanError, match="nothing to resume|no training state"):
+        train(TINY, out, resume=True, progress=False)
+    train(dataclasses.replace(TINY, steps=1), out, progress=False)
+    with pytest.raises(KuosanError, match="already holds a checkpoint"):
+        train(TINY, out, progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": None, "minutes": None}, "--steps N"),
+    ({"lr": -1.0}, "--lr"),
+    ({"prediction": "score"}, "--prediction"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"model": "huge"}, "--preset"),
+])
+def test_bad_config_values(tmp_path, change, message):
+    with pytest.raises(KuosanError, match=message):
+        train(dataclasses.replace(TINY, **change), tmp_path / "run", progress=False)
+
+
+def test_batch_indices_cover_each_epoch_once():
+    n, b = 50, 16
+    seen = torch.cat([batch_indices(0, s, b, n) for s in range(25)])  # 400 = 8 epochs
+    for e in range(8):
+        assert sorted(seen[e * n:(e + 1) * n].tolist()) == list(range(n))
+    assert not torch.equal(batch_indices(0, 0, b, n), batch_indices(1, 0, b, n))
+
+
+def test_ema_beta_half_life():
+    # after half_life images the old weights count one half
+    beta = ema_beta(100, 10**9, half_life=1000, rampup_ratio=0.05)
+    assert beta ** (1000 / 100) == pytest.approx(0.5)
+    assert ema_beta(100, 200, half_life=1000, rampup_ratio=0.05) < beta  # ramp: shorter early
+
+
+def test_two_processes_equal_one(tmp_path):
+    """torchrun with 2 gloo ranks gives the weights of one process with the same global batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    flags = ["train", "--data", "digits", "--steps", "4", "--batch", "16", "--warmup", "2",
+             "--sample-every", "0", "--save-every", "0", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run1 = subprocess.run([sys.executable, "-m", "kuosan.cli", *flags, "--out", str(one)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert run1.returncode == 0, run1.stderr
+    run2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", "-m", "kuosan.cli", *flags, "--out", str(two)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert run2.returncode == 0, run2.stderr
+    assert "2 process(es)" in run2.stdout  # each rank did not silently train alone
+    assert_same(weights(one), weights(two), atol=1e-5)
+    assert_same(weights(one, "ema"), weights(two, "ema"), atol=1e-5)
