@@ -41,7 +41,14 @@ from .checkpoint import (
 from .data import ArrayDataset, DataInfo, load_dataset
 from .errors import KuosanError
 from .images import save_grid, save_png, to_pil
-from .models import UNET_PRESETS, MLPConfig, build_model, config_to_dict, count_parameters, unet_preset
+from .models import (
+    UNET_PRESETS,
+    MLPConfig,
+    build_model,
+    config_to_dict,
+    count_parameters,
+    unet_preset,
+)
 from .objectives import training_loss
 from .samplers import sample
 from .schedule import PREDICTIONS, NoiseSchedule
