@@ -1,0 +1,84 @@
+"""Checkpoint files: round trips, atomic writes, consistency checks; no pickle."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import kuosan.checkpoint as ck
+from kuosan import KuosanError
+
+
+def test_round_trip_and_step_stamps(tmp_path):
+    model = {"w": torch.randn(3, 4), "b": torch.zeros(4)}
+    opt_state = {"state.0.exp_avg": torch.ones(2)}
+    ck.save_checkpoint(tmp_path, config={"model": {}, "schedule": {}}, model=model, ema=model,
+                       state_json={"images_seen": 10}, state_tensors=opt_state, step=7)
+    assert ck.load_config(tmp_path)["format_version"] == ck.FORMAT_VERSION
+    tensors, step = ck.load_weights(tmp_path, "ema")
+    assert step == 7 and torch.equal(tensors["w"], model["w"])
+    state, tensors = ck.load_training_state(tmp_path)
+    assert state["step"] == 7 and torch.equal(tensors["state.0.exp_avg"], torch.ones(2))
+
+
+def test_interrupted_save_is_detected(tmp_path):
+    model = {"w": torch.zeros(2)}
+    ck.save_checkpoint(tmp_path, config={"model": {}, "schedule": {}}, model=model, ema=model,
+                       state_json={"images_seen": 0}, state_tensors={}, step=1)
+    ck.write_tensors(tmp_path / ck.MODEL, model, step=2)  # as if a crash came after the first rename
+    with pytest.raises(KuosanError, match="inconsistent"):
+        ck.load_training_state(tmp_path)
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    ck.write_tensors(path, {"w": torch.ones(3)}, step=1)
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", crash)
+    with pytest.raises(OSError):
+        ck.write_tensors(path, {"w": torch.zeros(3)}, step=2)
+    assert torch.equal(load_file(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_optimizer_state_round_trip():
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.randn(5)
+    opt.step()
+    meta, tensors = ck.optimizer_to_tensors(opt)
+    json.dumps(meta)  # JSON-able
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = torch.optim.AdamW([q], lr=0.1)
+    ck.optimizer_from_tensors(opt2, json.loads(json.dumps(meta)), {k: v.clone() for k, v in tensors.items()})
+    for o in (opt, opt2):
+        o.param_groups[0]["params"][0].grad = torch.ones(5)
+        o.step()
+    assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "no config.json"),
+    ("{oops", "not valid JSON"),
+    ('{"model": {}, "schedule": {}, "format_version": 99}', "format version 99"),
+    ('{"hello": 1}', "not a kuosan config"),
+])
+def test_bad_config(tmp_path, content, needle):
+    if content is not None:
+        (tmp_path / "config.json").write_text(content)
+    with pytest.raises(KuosanError, match=needle):
+        ck.load_config(tmp_path)
+
+
+def test_weights_must_match_the_model(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    with pytest.raises(KuosanError, match="does not match"):
+        ck.load_state_dict_strict(m, {"weight": torch.zeros(2, 3)}, "x.safetensors")
+    with pytest.raises(KuosanError, match="shape"):
+        ck.load_state_dict_strict(m, {"weight": torch.zeros(3, 3), "bias": torch.zeros(2)}, "x.safetensors")

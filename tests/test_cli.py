@@ -1,0 +1,110 @@
+"""The `kuosan` command: end to end on tiny runs, and one-line errors for a user's mistakes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kuosan.cli import main
+
+QUICK = ["--batch", "16", "--warmup", "2", "--sample-every", "0", "--save-every", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    assert main(["train", "--data", "digits", "--out", str(out), "--steps", "3", *QUICK]) == 0
+    return out
+
+
+def test_sample_folder_and_grid(digits_run, tmp_path):
+    folder = tmp_path / "samples"
+    assert main(["sample", str(digits_run), "-n", "3", "--steps", "4", "--out", str(folder), "--no-progress"]) == 0
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["0000.png", "0001.png", "0002.png"]
+    img = Image.open(folder / "0000.png")
+    assert img.size == (8, 8) and img.mode == "L"
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(digits_run), "-n", "4", "--steps", "3", "--out", str(grid), "--no-progress"]) == 0
+    assert Image.open(grid).size[0] > 8
+
+
+def test_sample_is_seeded_and_per_image(digits_run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(["sample", str(digits_run), "-n", "3", "--steps", "4", "--seed", "5", "--out", str(a), "--no-progress"])
+    main(["sample", str(digits_run), "-n", "1", "--steps", "4", "--seed", "5", "--out", str(b), "--no-progress"])
+    assert (a / "0000.png").read_bytes() == (b / "0000.png").read_bytes()
+
+
+def test_eval_nll(digits_run, capsys):
+    assert main(["eval", str(digits_run), "--nll", "--examples", "8", "--timesteps", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["unit"] == "bits/dim" and 0 < result["nll"] < 20
+
+
+def test_toy_train_sample_csv(tmp_path):
+    out = tmp_path / "moons"
+    assert main(["train", "--data", "moons", "--out", str(out), "--steps", "2", *QUICK]) == 0
+    csv = tmp_path / "points.csv"
+    assert main(["sample", str(out), "-n", "10", "--steps", "5", "--out", str(csv), "--no-progress"]) == 0
+    assert np.loadtxt(csv, delimiter=",").shape == (10, 2)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kuosan.cli", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--data", "/no/such/folder", "--out", "X", "--steps", "1"], "/no/such/folder"),
+    (["train", "--data", "digits", "--out", "X"], "--steps"),
+    (["train", "--data", "digits", "--out", "X", "--steps", "1", "--lr", "-3"], "--lr"),
+    (["train", "--data", "digits", "--out", "X", "--steps", "-1"], "--steps"),
+    (["train", "--data", "digits", "--out", "X", "--steps", "1", "--batch", "zero"], "--batch"),
+    (["sample", "/no/such/run", "-n", "2", "--out", "o.png"], "/no/such/run"),
+    (["sample", ".", "-n", "2", "--out", "o.png"], "not a kuosan checkpoint"),
+    (["sample", ".", "-n", "0", "--out", "o.png"], "-n"),
+    (["eval", "/no/such/run", "--nll"], "/no/such/run"),
+])
+def test_user_mistakes_get_one_line_errors(args, needle, tmp_path):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr
+
+
+def test_empty_folder_and_corrupt_image(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("train", "--data", str(empty), "--out", str(tmp_path / "o"), "--steps", "1")
+    assert r.returncode == 2 and str(empty) in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "imgs"
+    bad.mkdir()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(bad / "good.png")
+    (bad / "broken.png").write_bytes(b"not a png at all")
+    r = run_cli("train", "--data", str(bad), "--out", str(tmp_path / "o"), "--steps", "1", "--size", "16")
+    assert r.returncode == 2 and "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "config.json").exists()
+
+
+def test_corrupt_checkpoint_is_named(digits_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_run, broken)
+    (broken / "ema.safetensors").write_bytes(b"\x00" * 20)
+    r = run_cli("sample", str(broken), "-n", "1", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and "ema.safetensors" in r.stderr and "Traceback" not in r.stderr
+    (broken / "config.json").write_text("{not json")
+    r = run_cli("sample", str(broken), "-n", "1", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and "config.json" in r.stderr
+
+
+def test_help_is_complete():
+    for cmd in ("train", "sample", "eval"):
+        r = run_cli(cmd, "--help")
+        assert r.returncode == 0 and "usage: kuosan" in r.stdout
+    assert "--minutes" in run_cli("train", "--help").stdout
