@@ -89,31 +89,36 @@ def time_ms(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     return 1e3 * (time.perf_counter() - start)
 
 
-def matmul_peak_gflops(n: int, repeats: int, device: str, sync: Callable[[], None]) -> float:
-    """Median GFLOP/s of an n×n fp32 torch.mm (2·n³ FLOPs)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_peak_gflops(n: int, repeats: int, device: str, sync: Callable[[], None],
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Median GFLOP/s of an n×n torch.mm (2·n³ FLOPs)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     times = [time_ms(lambda: torch.mm(a, b), sync) for _ in range(repeats)]
     return 2 * n**3 / (statistics.median(times) * 1e-3) / 1e9
 
 
 def make_steps(
-    model: nn.Module, x: Tensor, t: Tensor, target: Tensor
+    model: nn.Module, x: Tensor, t: Tensor, target: Tensor, bf16: bool
 ) -> dict[str, Callable[[], None]]:
     """One training step (forward + MSE + backward + AdamW) and one sampling step (forward)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def train_step() -> None:
         model.train()
         opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x, t), target).backward()
+        with autocast:
+            loss = F.mse_loss(model(x, t).float(), target)
+        loss.backward()
         opt.step()
 
     @torch.no_grad()
     def sample_step() -> None:
         model.eval()
-        model(x, t)
+        with autocast:
+            model(x, t)
 
     return {"train": train_step, "sample": sample_step}
 
@@ -152,6 +157,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (peak: a bf16 mm)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 in CUDA matmuls and convs")
     p.add_argument("--channels-last", action="store_true", help="both models and inputs")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n×n matmul peak")
     p.add_argument("--note", default="(none given)", help="what else was running")
@@ -171,13 +178,19 @@ def main() -> None:
     device = args.device
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    peak = matmul_peak_gflops(args.peak_size, 5, device, sync)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    peak = matmul_peak_gflops(args.peak_size, 5, device, sync, peak_dtype)
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, python "
           f"{platform.python_version()}, device {device}, threads {torch.get_num_threads()} "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-          f"batch {args.batch_size}, channels_last {args.channels_last}")
+          f"batch {args.batch_size}, channels_last {args.channels_last}, bf16 {args.bf16}, "
+          f"tf32 {args.tf32}")
     print(f"machine: {platform.machine()} {platform.processor() or ''} cores {os.cpu_count()}; "
-          f"fp32 matmul peak ({args.peak_size}² torch.mm): {peak:.1f} GFLOP/s")
+          f"{'bf16' if args.bf16 else 'fp32'} matmul peak ({args.peak_size}² torch.mm): "
+          f"{peak:.1f} GFLOP/s"
+          + (f"; GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
     print(f"note: {args.note}")
     print(f"protocol: {args.warmup} warm-up rounds, median of {args.repeats} alternating rounds")
 
@@ -200,7 +213,7 @@ def main() -> None:
         steps, flops = {}, {}
         for name, model in models.items():
             model.to(device=device, memory_format=fmt)
-            steps[name] = make_steps(model, x, t, target)
+            steps[name] = make_steps(model, x, t, target, args.bf16)
             flops[name] = {k: count_flops(step) for k, step in steps[name].items()}
 
         times: dict[str, dict[str, list[float]]] = {n: {"train": [], "sample": []} for n in models}
@@ -239,6 +252,7 @@ def main() -> None:
             extra = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                      "torch": torch.__version__, "device": device, "threads": args.threads,
                      "batch_size": args.batch_size, "channels_last": args.channels_last,
+                     "bf16": args.bf16, "tf32": args.tf32,
                      "peak_gflops": peak, "note": args.note}
             writer = csv.DictWriter(f, fieldnames=[*extra, *rows[0]])
             if new:

@@ -137,7 +137,7 @@ def _typed_flags(argv: list[str]) -> set[str]:
 
 
 def add_sample(sub: argparse._SubParsersAction) -> None:
-    from .samplers import SAMPLERS
+    from .samplers import SAMPLERS, SPACINGS
 
     p = sub.add_parser(
         "sample", help="draw samples from a trained model",
@@ -150,8 +150,13 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num", type=positive_int, default=16, help="number of samples")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="denoising steps (default: T for ddpm, 20 for the others)")
-    p.add_argument("--seed", type=int, default=0, help="sample i starts from the noise of seed + i")
+                   help="denoising steps (default: T for ddpm, 20 for the others; heun evaluates "
+                        "the model 2·steps − 1 times)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="noise levels of the steps (default: log_snr; ddpm: uniform_t only)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="stochasticity of ddim (default 0) and dpmpp_2m_sde (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses its own generator seeded seed + i")
     p.add_argument("--out", type=Path, required=True, help="a .png grid, or a folder")
     p.add_argument("--batch", type=positive_int, default=256, help="samples per batch")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
@@ -174,9 +179,12 @@ def run_sample(args: argparse.Namespace) -> int:
     if suffix not in allowed:
         raise KuosanError(f"--out '{out}': use a .png file for a grid or a folder name without a suffix"
                           + (" (or .csv for points)" if pipe.info.kind == "vector" else ""))
-    steps = args.steps if args.steps is not None or args.sampler == "ddpm" else 20
+    from .samplers import model_evaluations
+
+    steps = args.steps or (pipe.schedule.T if args.sampler == "ddpm" else 20)
+    extra = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing)) if v is not None}
     x = pipe.sample(args.num, sampler=args.sampler, num_inference_steps=steps, seed=args.seed,
-                    batch_size=args.batch, progress=not args.no_progress)
+                    batch_size=args.batch, progress=not args.no_progress, **extra)
     if pipe.info.kind == "vector":
         out.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".csv":
@@ -187,7 +195,8 @@ def run_sample(args: argparse.Namespace) -> int:
         save_grid(x, out, upscale=max(1, 64 // pipe.info.shape[-1]))
     else:
         save_images(x, out)
-    print(f"kuosan: wrote {args.num} samples ({args.sampler}, {steps or pipe.schedule.T} steps) to {out}")
+    print(f"kuosan: wrote {args.num} samples ({args.sampler}, {steps} steps, "
+          f"{model_evaluations(args.sampler, steps)} model evaluations each) to {out}")
     return 0
 
 

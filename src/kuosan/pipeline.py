@@ -7,7 +7,8 @@ x = pipe.sample(16, sampler="ddpm", num_inference_steps=100, seed=0)   # (16, C,
 images = pipe.to_images(x)                                              # list[PIL.Image]
 ```
 
-Seeds: ``seed=k`` gives sample i the initial noise of the generator seeded ``k + i``.
+Seeds: ``seed=k`` gives sample i its own generator seeded ``k + i``, for the initial noise and
+every later draw, so sample i is the same whatever the batch size.
 """
 
 from __future__ import annotations
@@ -75,12 +76,10 @@ class Pipeline:
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            x_T = torch.stack([torch.randn(self.info.shape, generator=torch.Generator().manual_seed(seed + start + i))
-                               for i in range(b)])
-            x = sample(self.model, x_T.shape, schedule=self.schedule, sampler=sampler,
-                       steps=num_inference_steps, generator=torch.Generator().manual_seed(seed + start),
-                       prediction=self.prediction, x_T=x_T, clip_x0=self.clip_x0, device=self.device,
-                       progress=progress, **sampler_kwargs)
+            generators = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
+            x = sample(self.model, (b, *self.info.shape), schedule=self.schedule, sampler=sampler,
+                       steps=num_inference_steps, generator=generators, prediction=self.prediction,
+                       clip_x0=self.clip_x0, device=self.device, progress=progress, **sampler_kwargs)
             out.append(x.float().cpu())
         return torch.cat(out)
 

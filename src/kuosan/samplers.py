@@ -151,8 +151,23 @@ def _pairs(sigmas: Tensor, desc: str, progress: bool) -> list[tuple[float, float
                      desc=desc, leave=False))
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Generators, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise of ``shape``, drawn on the CPU. ``generator`` may be a list with one
+    generator per batch row: row i is then drawn from generator i alone, so a sample does not
+    depend on the batch it is drawn in (DESIGN: "image i is the same whatever the batch size")."""
+    shape = tuple(shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise KuosanError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in generator])
+
+
+def _randn_like(x: Tensor, generator: Generators) -> Tensor:
+    return randn(x.shape, generator, x.dtype).to(x.device)
 
 
 def sample_euler(
@@ -186,7 +201,7 @@ def sample_ddim(
     sigmas: Tensor,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) in the σ view:
@@ -298,7 +313,7 @@ def sample_dpmpp_2m_sde(
     sigmas: Tensor,
     *,
     eta: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022, §5; k-diffusion's ``dpmpp_2m_sde``, midpoint form):
@@ -420,7 +435,7 @@ def sample_ddpm(
     x: Tensor,
     timesteps: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     variance: str = "beta_tilde",
     progress: bool = False,
 ) -> Tensor:
@@ -444,7 +459,7 @@ def sample_ddpm(
         c_x0 = float(beta * ab_s.sqrt() / (1 - ab_t))
         c_xt = float((1 - ab_s) * (1 - beta).sqrt() / (1 - ab_t))
         var = beta * (1 - ab_s) / (1 - ab_t) if variance == "beta_tilde" else beta
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = _randn_like(x, generator)
         x = c_x0 * x0 + c_xt * x + float(var.sqrt()) * noise
     return x
 
@@ -459,12 +474,12 @@ DETERMINISTIC: tuple[str, ...] = ("ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m
 # The σ grid each sampler uses unless ``spacing=`` says otherwise (chosen on the exact
 # Gaussian-mixture benchmark, benchmarks/samplers.py; see docs/samplers.md).
 DEFAULT_SPACING: dict[str, str] = {
-    "ddim": "uniform_t",
-    "euler": "karras",
-    "heun": "karras",
+    "ddim": "log_snr",
+    "euler": "log_snr",
+    "heun": "log_snr",
     "dpmpp_2m": "log_snr",
     "dpmpp_3m": "log_snr",
-    "dpmpp_2m_sde": "karras",
+    "dpmpp_2m_sde": "log_snr",
     "unipc": "log_snr",
 }
 
@@ -500,7 +515,7 @@ def sample(
     schedule: NoiseSchedule,
     sampler: str = "ddpm",
     steps: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     prediction: Prediction = "eps",
     x_T: Tensor | None = None,
     eta: float | None = None,
@@ -512,7 +527,7 @@ def sample(
     """Draw samples of ``shape`` from ``model`` and return the final x_0 estimate.
 
     The initial noise is the first thing drawn: ``torch.randn(shape, generator=generator)`` on the
-    CPU, then moved to ``device`` (so a seed gives the same samples on every device), unless
+    CPU (or one row per generator when ``generator`` is a list of them, see :func:`randn`), then moved to ``device`` (so a seed gives the same samples on every device), unless
     ``x_T`` is given. x_T is the VP variable at t = T−1; the σ samplers start from
     x = x_T·√(1 + σ_max²). ``steps`` defaults to T for "ddpm" and 20 for the others; ``spacing``
     ("uniform_t", "log_snr", "karras") defaults per sampler (:data:`DEFAULT_SPACING`; "ddpm" only
@@ -526,7 +541,7 @@ def sample(
     if sampler == "ddpm" and spacing not in (None, "uniform_t"):
         raise KuosanError(f"the ddpm sampler runs on uniform integer timesteps, not spacing {spacing!r}")
     if x_T is None:
-        x_T = torch.randn(tuple(shape), generator=generator)
+        x_T = randn(shape, generator)
     elif tuple(x_T.shape) != tuple(shape):
         raise KuosanError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     x = x_T.to(device) if device is not None else x_T
@@ -553,13 +568,14 @@ def invert(
     schedule: NoiseSchedule,
     steps: int = 50,
     prediction: Prediction = "eps",
-    spacing: str = "uniform_t",
+    spacing: str | None = None,
     fixed_point_iters: int = 0,
     clip_x0: bool = False,
     progress: bool = False,
 ) -> Tensor:
     """DDIM inversion: the x_T that ``sample(sampler="ddim", eta=0, x_T=x_T)`` (same ``steps``
-    and ``spacing``) decodes back to about ``x0``; editing starts from it.
+    and ``spacing``, default ``DEFAULT_SPACING["ddim"]``) decodes back to about ``x0``; editing
+    starts from it.
 
     The decoder's Euler steps run backwards, each from σ_a up to σ_b:
     x_b = x_a + (σ_b − σ_a)·(x_b − D(x_b; σ_b))/σ_b, an implicit equation (the decoder's step

@@ -53,7 +53,10 @@ def frechet_distance(
     Rounding can make the exact-zero case (identical Gaussians) come out a hair below 0; the
     result is clamped at 0 since a squared distance cannot be negative.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    mu1, mu2 = (
+        np.atleast_1d(np.asarray(mu1, np.float64)),
+        np.atleast_1d(np.asarray(mu2, np.float64)),
+    )
     sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
     sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]

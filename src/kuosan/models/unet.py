@@ -167,15 +167,18 @@ class AttnBlock(nn.Module):
         super().__init__()
         self.num_heads = ch // head_dim
         self.norm = nn.GroupNorm(groups, ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj = _zero(nn.Conv2d(ch, ch, 1))
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = _zero(nn.Linear(ch, ch))
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:  # [B,C,H,W] -> same
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3 * self.num_heads, c // self.num_heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).chunk(3, dim=1)  # each [B, heads, H·W, head_dim]
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H·W, C]
+        qkv = self.qkv(tokens).unflatten(-1, (3, self.num_heads, c // self.num_heads))
+        # q, k, v: [B, heads, H·W, head_dim], unit stride in head_dim (SDPA's fused CPU kernel)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q·kᵀ/√d)·v
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        out = self.proj(out.transpose(1, 2).flatten(2))  # [B, H·W, C]
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
 class Downsample(nn.Module):
