@@ -84,8 +84,8 @@ class TrainConfig:
     save_every: int = 1000  # steps between checkpoints (0: only at the end)
     log_every: int = 50
     grid_size: int = 64
-    grid_sampler: str = "ddpm"
-    grid_steps: int = 100
+    grid_sampler: str = "dpmpp_2m"
+    grid_steps: int = 20
     device: str = "auto"  # auto, cpu or cuda
     bf16: bool = False  # bf16 autocast (CUDA)
 
