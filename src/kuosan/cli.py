@@ -213,14 +213,15 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="checkpoint folder")
     p.add_argument("--nll", action="store_true", help="negative log-likelihood bound")
     p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
-    p.add_argument("--examples", type=positive_int, default=500, help="data examples to evaluate")
+    p.add_argument("--examples", type=positive_int, default=256, help="data examples to evaluate")
     p.add_argument("--timesteps", type=positive_int, default=None,
                    help="estimate the KL sum from this many random t (unbiased; default: all T)")
-    p.add_argument("--batch", type=positive_int, default=500)
+    p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_eval)
 
 
@@ -253,7 +254,7 @@ def run_eval(args: argparse.Namespace) -> int:
         bounds.append(variational_bound(
             pipe.model, x0, pipe.schedule, prediction=pipe.prediction,
             decoder="discretized" if image else "gaussian", clip_x0=image,
-            timesteps=args.timesteps, generator=g))
+            timesteps=args.timesteps, generator=g, progress=not args.no_progress))
     dims = math.prod(shape)
     scale = dims * (math.log(2) if image else 1.0)
     per_dim = {k: torch.cat([getattr(b, k) for b in bounds]).cpu() / scale

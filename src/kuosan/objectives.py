@@ -27,6 +27,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .errors import KuosanError
 from .schedule import NoiseSchedule, Prediction, expand_as, target_for, x0_eps_from_output
@@ -198,6 +199,7 @@ def variational_bound(
     clip_x0: bool = False,
     timesteps: int | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> Bound:
     """The variational bound per example: L_prior + Σ_{t≥1} L_t + L_0, and bits/dim.
 
@@ -215,7 +217,7 @@ def variational_bound(
         perm = torch.randperm(schedule.T - 1, generator=generator)[:timesteps] + 1
         ts, scale = sorted(perm.tolist()), (schedule.T - 1) / timesteps
     diffusion = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
-    for t in ts:
+    for t in tqdm(ts, disable=not progress, desc="bound", leave=False):
         diffusion += bound_term(model, x0, t, schedule, **kwargs)
     diffusion = diffusion * scale
     decoder_nll = bound_term(model, x0, 0, schedule, **kwargs)
