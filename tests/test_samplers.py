@@ -3,6 +3,7 @@ closed form, and Gaussian mixtures, whose exact denoiser kuosan.gmm gives."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -28,11 +29,16 @@ def log_grid(n: int) -> torch.Tensor:
     return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
 
 
-def exact_target(x: torch.Tensor) -> torch.Tensor:
-    """The exact ODE from SIGMA_MAX to SIGMA_MIN (x − μ scales by √(s² + σ²)), then the samplers'
-    common last step to σ = 0, x̂_0 = D(x; SIGMA_MIN)."""
-    x_min = MU + (x - MU) * math.sqrt(S2 + SIGMA_MIN**2) / math.sqrt(S2 + SIGMA_MAX**2)
-    return MU + (x_min - MU) * S2 / (S2 + SIGMA_MIN**2)
+def exact_flow(x: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """The exact probability-flow ODE of the 1-D Gaussian: x − μ scales by √(s² + σ²)."""
+    return MU + (x - MU) * math.sqrt(S2 + sigma_next**2) / math.sqrt(S2 + sigma**2)
+
+
+def exact_target(x: torch.Tensor, final: str) -> torch.Tensor:
+    """The exact ODE from SIGMA_MAX to SIGMA_MIN, then the samplers' common last step to σ = 0
+    (S.final_step with D(x; SIGMA_MIN)): the solvers' own error is what is left."""
+    x_min = exact_flow(x, SIGMA_MAX, SIGMA_MIN)
+    return S.final_step(x_min, GAUSS.denoise(x_min, SIGMA_MIN), SIGMA_MIN, final)
 
 
 # (sampler, least observed order between 32 and 64 levels). DPM-Solver++(3M) is order 3 in its
@@ -41,16 +47,74 @@ ORDERS = [("euler", 0.9), ("ddim", 0.9), ("heun", 1.8), ("dpmpp_2m", 1.8), ("dpm
           ("unipc", 2.7)]
 
 
+@pytest.mark.parametrize("final", S.FINAL_STEPS)
 @pytest.mark.parametrize("name, order", ORDERS)
-def test_error_shrinks_at_the_stated_order(name: str, order: float) -> None:
+def test_error_shrinks_at_the_stated_order(name: str, order: float, final: str) -> None:
     x = torch.linspace(-3, 3, 101, dtype=torch.float64)[:, None] * SIGMA_MAX
     errors = []
     for n in (16, 32, 64):
-        y = S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(n))
-        errors.append(float((y - exact_target(x)).abs().max()))
+        y = S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(n), final=final)
+        errors.append(float((y - exact_target(x, final)).abs().max()))
     assert errors[0] > errors[1] > errors[2]
     assert math.log2(errors[1] / errors[2]) >= order, errors
     assert errors[2] < 0.05
+
+
+@pytest.mark.parametrize("std", [1.0, 0.2])
+def test_trapezoid_last_step_is_second_order_in_sigma_squared(std: float) -> None:
+    """From σ to 0 along a Gaussian direction of std s the exact flow scales x − μ by
+    s/√(s² + σ²). x̂_0 errs by O(σ²/s²), (x + x̂_0)/2 by O(σ⁴/s⁴): halving σ divides the errors
+    by about 4 and 16, and the trapezoid's is the smaller one."""
+    gauss = GaussianMixture(torch.ones(1), torch.tensor([[MU]]), torch.tensor([[[std**2]]]))
+    x = MU + torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None] * std
+    errors: dict[str, list[float]] = {rule: [] for rule in S.FINAL_STEPS}
+    for sigma in (0.05, 0.025):
+        x_sigma = MU + (x - MU) * math.sqrt(std**2 + sigma**2) / std  # the flow's point at σ
+        for rule in S.FINAL_STEPS:
+            y = S.final_step(x_sigma, gauss.denoise(x_sigma, sigma), sigma, rule)
+            errors[rule].append(float((y - x).abs().max()))
+    assert errors["trapezoid"][0] < errors["denoise"][0] / 10
+    assert math.log2(errors["denoise"][0] / errors["denoise"][1]) == pytest.approx(2, abs=0.1)
+    assert math.log2(errors["trapezoid"][0] / errors["trapezoid"][1]) == pytest.approx(4, abs=0.1)
+
+
+def test_denoise_last_step_is_better_for_data_much_thinner_than_sigma() -> None:
+    """The trapezoid rule assumes dx/dσ → 0, i.e. a density smooth on the scale of σ_min. For a
+    direction of std s ≪ σ the exact factor s/√(s² + σ²) is near 0 and x̂_0 (factor
+    s²/(s² + σ²)) is closer than (x + x̂_0)/2 (factor near 1/2): the documented trade-off."""
+    std, sigma = 0.002, 0.02
+    thin = GaussianMixture(torch.ones(1), torch.tensor([[MU]]), torch.tensor([[[std**2]]]))
+    x = MU + torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None] * std
+    x_sigma = MU + (x - MU) * math.sqrt(std**2 + sigma**2) / std
+    err = {rule: float((S.final_step(x_sigma, thin.denoise(x_sigma, sigma), sigma, rule) - x)
+                       .abs().max()) for rule in S.FINAL_STEPS}
+    assert err["denoise"] < err["trapezoid"]
+
+
+@pytest.mark.parametrize("sigma", [0.01, 1.0, 157.0])
+def test_trapezoid_last_step_is_exact_for_data_of_std_sigma_data(sigma: float) -> None:
+    """Its weight is the exact flow for N(μ, σ_d²): a last step from a large σ (a one-level grid)
+    tends to x̂_0 instead of x/2, and the rule is the trapezoid's (x + x̂_0)/2 at small σ."""
+    std = S.SIGMA_DATA
+    gauss = GaussianMixture(torch.ones(1), torch.tensor([[MU]]), torch.tensor([[[std**2]]]))
+    x = MU + torch.linspace(-3, 3, 61, dtype=torch.float64)[:, None] * std
+    x_sigma = MU + (x - MU) * math.sqrt(std**2 + sigma**2) / std
+    y = S.final_step(x_sigma, gauss.denoise(x_sigma, sigma), sigma, "trapezoid")
+    torch.testing.assert_close(y, x)
+    y1 = S.sample_dpmpp_2m(gauss.denoise, x_sigma, torch.tensor([sigma, 0.0], dtype=torch.float64),
+                           final="trapezoid")
+    torch.testing.assert_close(y1, x)
+    assert S.final_weight(0.01, "trapezoid") == pytest.approx(0.5, abs=1e-4)
+    assert S.final_weight(157.0, "trapezoid") < 0.01 and S.final_weight(0.01, "denoise") == 0
+
+
+@pytest.mark.parametrize("name", S.WITH_FINAL_STEP)
+def test_default_final_step_is_each_functions_default(name: str) -> None:
+    default = inspect.signature(S._SIGMA_SAMPLERS[name]).parameters["final"].default
+    assert default == S.DEFAULT_FINAL_STEP[name]
+    x = torch.linspace(-3, 3, 11, dtype=torch.float64)[:, None] * SIGMA_MAX
+    torch.testing.assert_close(S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(6)),
+                               S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(6), final=default))
 
 
 def test_ddim_eta0_is_euler_and_eta1_is_ancestral_ddpm() -> None:
@@ -83,12 +147,14 @@ class CountingModel:
 @pytest.mark.parametrize("name", S.SAMPLERS)
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_model_evaluations_match_the_docstring(name: str, steps: int) -> None:
-    model = CountingModel()
-    x = S.sample(model, (8, 2), schedule=SCHEDULE, sampler=name, steps=steps,
-                 generator=torch.Generator().manual_seed(0))
-    assert x.shape == (8, 2) and torch.isfinite(x).all()
-    assert model.calls == S.model_evaluations(name, steps)
-    assert model.calls == (2 * steps - 1 if name == "heun" else steps)
+    finals = S.FINAL_STEPS if name in S.WITH_FINAL_STEP else (None,)
+    for final in finals:  # the last step costs no evaluation, whichever rule
+        model = CountingModel()
+        x = S.sample(model, (8, 2), schedule=SCHEDULE, sampler=name, steps=steps,
+                     final_step=final, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (8, 2) and torch.isfinite(x).all()
+        assert model.calls == S.model_evaluations(name, steps)
+        assert model.calls == (2 * steps - 1 if name == "heun" else steps)
 
 
 @pytest.mark.parametrize("name", S.SAMPLERS)
@@ -137,13 +203,16 @@ def test_good_samplers_reach_the_mixture() -> None:
         assert abs(float(-MIX.log_prob(y).mean()) - nll_exact) < 0.1, name
 
 
-def test_ddim_inversion_round_trip() -> None:
+@pytest.mark.parametrize("final", S.FINAL_STEPS)
+def test_ddim_inversion_round_trip(final: str) -> None:
     model = MIX.model(SCHEDULE)
     x0 = MIX.sample(64, torch.Generator().manual_seed(0))
     for iters, steps, tol in ((0, 100, 0.15), (5, 50, 1e-3)):
-        x_T = S.invert(model, x0, schedule=SCHEDULE, steps=steps, fixed_point_iters=iters)
+        x_T = S.invert(model, x0, schedule=SCHEDULE, steps=steps, fixed_point_iters=iters,
+                       final_step=final)
         assert 0.7 < float(x_T.std()) < 1.3  # looks like N(0, I)
-        back = S.sample(model, x0.shape, schedule=SCHEDULE, sampler="ddim", steps=steps, x_T=x_T)
+        back = S.sample(model, x0.shape, schedule=SCHEDULE, sampler="ddim", steps=steps, x_T=x_T,
+                        final_step=final)
         assert float((back - x0).abs().max()) < tol, (iters, steps)
 
 
@@ -183,5 +252,11 @@ def test_user_mistakes_raise() -> None:
         S.sample(model, (2, 2), sampler="euler", spacing="cosine", **kw)
     with pytest.raises(KuosanError, match="eta"):
         S.sample(model, (2, 2), sampler="heun", eta=0.5, **kw)
+    with pytest.raises(KuosanError, match="unknown final_step"):
+        S.sample(model, (2, 2), sampler="unipc", final_step="exact", **kw)
+    with pytest.raises(KuosanError, match="final_step applies"):
+        S.sample(model, (2, 2), sampler="ddpm", final_step="denoise", **kw)
+    with pytest.raises(KuosanError, match="unknown final_step"):
+        S.sample_euler(MIX.denoise, torch.zeros(2, 2), torch.tensor([2.0, 0.0]), final="euler")
     with pytest.raises(KuosanError, match="end at 0"):
         S.sample_euler(MIX.denoise, torch.zeros(2, 2), torch.tensor([2.0, 1.0]))

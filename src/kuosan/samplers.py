@@ -7,7 +7,9 @@ through :class:`Denoiser`, which answers in the σ view: D(x; σ) = x̂_0 for x 
 
 Except DDPM (ancestral on integer timesteps, kept as in the paper), each sampler is a plain
 function ``sample_<name>(denoiser, x, sigmas, *, ...)`` over a σ grid of n + 1 values, decreasing,
-ending at exactly 0; the last step (to σ = 0) returns x̂_0. Multistep memory is a local variable.
+ending at exactly 0. The last step, from σ_min to σ = 0, is :func:`final_step`: x̂_0 ("denoise")
+or the trapezoid rule, per sampler (:data:`DEFAULT_FINAL_STEP`); it costs no model evaluation. Multistep memory is a local
+variable.
 
 Notation (DPM-Solver's λ is half the package's log-SNR):
 
@@ -141,6 +143,56 @@ def check_sigmas(sigmas: Tensor) -> None:
         raise KuosanError(f"sigmas must decrease and end at 0, got ...{sigmas[-3:].tolist()}")
 
 
+# ---- the last step, from σ_min to 0 --------------------------------------------------------------
+
+FINAL_STEPS: tuple[str, ...] = ("trapezoid", "denoise")
+# The last step each sampler takes unless ``final_step=`` says otherwise (its function's default):
+# "trapezoid" where it gave the lower KL at both 10 and 20 evaluations on every mixture of the
+# exact benchmark (benchmarks/samplers.py, docs/samplers.md), "denoise" elsewhere.
+DEFAULT_FINAL_STEP: dict[str, str] = {
+    "ddim": "denoise",
+    "euler": "denoise",
+    "heun": "denoise",
+    "dpmpp_2m": "denoise",
+    "dpmpp_3m": "denoise",
+    "unipc": "trapezoid",
+}
+SIGMA_DATA = 0.5  # the data scale that tempers "trapezoid" at large σ (EDM's σ_data for images)
+
+
+def check_final_step(rule: str) -> None:
+    """Raise unless ``rule`` names a last step (:data:`FINAL_STEPS`)."""
+    if rule not in FINAL_STEPS:
+        raise KuosanError(f"unknown final_step {rule!r}: expected one of {', '.join(FINAL_STEPS)}")
+
+
+def final_weight(sigma: float, rule: str) -> float:
+    """w in the last step x_0 = x̂_0 + w·(x − x̂_0): 0 for "denoise"; for "trapezoid"
+    w = √c/(1 + √c), c = σ_d²/(σ_d² + σ²) (EDM's c_skip, σ_d = :data:`SIGMA_DATA`)."""
+    check_final_step(rule)
+    if rule == "denoise":
+        return 0.0
+    root_c = SIGMA_DATA / math.sqrt(SIGMA_DATA**2 + sigma**2)
+    return root_c / (1 + root_c)
+
+
+def final_step(x: Tensor, x0: Tensor, sigma: float, rule: str) -> Tensor:
+    """The last step from σ (σ_min on the built-in grids) to 0, given x and x̂_0 = D(x; σ), with
+    no model evaluation: x_0 = x̂_0 + w·(x − x̂_0), w from :func:`final_weight`.
+
+    "denoise" (w = 0): an Euler step of dx/dσ = (x − D)/σ, DDPM's and EDM's last step.
+    "trapezoid": for σ ≪ σ_d, w → 1/2, (x + x̂_0)/2, the trapezoid rule with the slope at σ = 0
+    taken as 0, its limit for a smooth density (dx/dσ = −σ·∇log p_σ(x)); the same as an Euler
+    step in σ², whose slope (x − D)/(2σ²) → −½∇log p_0(x) stays finite. w is the exact flow for
+    data N(μ, σ_d²·I), so a last step from a large σ (a 1-step grid) tends to x̂_0, not to x/2.
+    Along a Gaussian direction of std s the exact flow multiplies x − μ by √r, r = s²/(s² + σ²):
+    "denoise" gives r (error O(σ²/s²)), "trapezoid" about (1 + r)/2 (error O(σ⁴/s⁴)); for s ≪ σ
+    "denoise" is the closer one (docs/samplers.md).
+    """
+    w = final_weight(sigma, rule)
+    return x0 if w == 0 else x0 + w * (x - x0)
+
+
 # ---- samplers over a σ grid ----------------------------------------------------------------------
 
 
@@ -171,15 +223,25 @@ def _randn_like(x: Tensor, generator: Generators) -> Tensor:
 
 
 def sample_euler(
-    denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, progress: bool = False
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    final: str = "denoise",
+    progress: bool = False,
 ) -> Tensor:
     """Euler steps on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (Karras et al. 2022,
     Algorithm 2 with S_churn = 0). Order 1; model evaluations: n (one per step).
 
-    In the σ view this is exactly DDIM with η = 0 (Song et al. 2021).
+    The last step (to σ = 0) is :func:`final_step` with rule ``final``. In the σ view this is
+    exactly DDIM with η = 0 (Song et al. 2021).
     """
+    check_final_step(final)
     for sigma, sigma_next in _pairs(sigmas, "euler", progress):
-        d = (x - denoiser(x, torch.tensor(sigma))) / sigma  # dx/dσ
+        x0 = denoiser(x, torch.tensor(sigma))
+        if sigma_next == 0:
+            return final_step(x, x0, sigma, final)
+        d = (x - x0) / sigma  # dx/dσ
         x = x + d * (sigma_next - sigma)
     return x
 
@@ -202,19 +264,24 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     generator: Generators = None,
+    final: str = "denoise",
     progress: bool = False,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) in the σ view:
     x' = x̂_0 + √(σ_next² − σ_up²)·ε̂ + σ_up·z, ε̂ = (x − x̂_0)/σ, σ_up from :func:`ddim_sigma_up`.
 
     η = 0 is deterministic (the Euler step of the probability-flow ODE, order 1); η = 1 is
-    ancestral sampling. Model evaluations: n. One ``torch.randn`` per step when η > 0, except
+    ancestral sampling. The last step (to σ = 0, noiseless for every η) is :func:`final_step`
+    with rule ``final``. Model evaluations: n. One ``torch.randn`` per step when η > 0, except
     on the last step.
     """
     if eta < 0:
         raise KuosanError(f"DDIM's eta must be >= 0, got {eta}")
+    check_final_step(final)
     for sigma, sigma_next in _pairs(sigmas, "ddim", progress):
         x0 = denoiser(x, torch.tensor(sigma))
+        if sigma_next == 0:
+            return final_step(x, x0, sigma, final)
         sigma_up = ddim_sigma_up(sigma, sigma_next, eta)
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
         x = x0 + (sigma_down / sigma) * (x - x0)
@@ -224,38 +291,52 @@ def sample_ddim(
 
 
 def sample_heun(
-    denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, progress: bool = False
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    final: str = "denoise",
+    progress: bool = False,
 ) -> Tensor:
     """Heun's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1, S_churn = 0):
     an Euler step, then the trapezoid rule with the slope at its end. Order 2.
 
-    The last step (to σ = 0) is a plain Euler step, so model evaluations: 2n − 1.
+    The last step (to σ = 0) evaluates no slope at its end: it is :func:`final_step` with rule
+    ``final`` (the trapezoid rule with end slope 0, or Karras et al.'s Euler step, "denoise"),
+    so model evaluations: 2n − 1.
     """
+    check_final_step(final)
     for sigma, sigma_next in _pairs(sigmas, "heun", progress):
-        d = (x - denoiser(x, torch.tensor(sigma))) / sigma
-        x_euler = x + d * (sigma_next - sigma)
+        x0 = denoiser(x, torch.tensor(sigma))
         if sigma_next == 0:
-            x = x_euler
-        else:
-            d_next = (x_euler - denoiser(x_euler, torch.tensor(sigma_next))) / sigma_next
-            x = x + (d + d_next) / 2 * (sigma_next - sigma)
+            return final_step(x, x0, sigma, final)
+        d = (x - x0) / sigma
+        x_euler = x + d * (sigma_next - sigma)
+        d_next = (x_euler - denoiser(x_euler, torch.tensor(sigma_next))) / sigma_next
+        x = x + (d + d_next) / 2 * (sigma_next - sigma)
     return x
 
 
 def sample_dpmpp_2m(
-    denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, progress: bool = False
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    final: str = "denoise",
+    progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in data-prediction form, λ = −log σ:
     x' = (σ_next/σ)·x − (e^{−h} − 1)·D̃, D̃ = (1 + 1/(2r))·D_i − 1/(2r)·D_{i−1}, r = h_{i−1}/h.
 
-    Order 2. The first step and the last step (to σ = 0, which returns x̂_0) are first order.
-    Model evaluations: n.
+    Order 2. The first step is first order; the last step (to σ = 0) is :func:`final_step` with
+    rule ``final``. Model evaluations: n.
     """
+    check_final_step(final)
     old_x0, h_last = None, None
     for sigma, sigma_next in _pairs(sigmas, "dpmpp_2m", progress):
         x0 = denoiser(x, torch.tensor(sigma))
         if sigma_next == 0:
-            return x0
+            return final_step(x, x0, sigma, final)
         h = math.log(sigma / sigma_next)
         if old_x0 is None:
             x0_d = x0
@@ -273,6 +354,7 @@ def sample_dpmpp_3m(
     sigmas: Tensor,
     *,
     lower_order_final: bool = True,
+    final: str = "denoise",
     progress: bool = False,
 ) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022, multistep order 3, k-diffusion's ``dpmpp_3m_sde`` at
@@ -280,15 +362,16 @@ def sample_dpmpp_3m(
     of the last three D, φ₂ = (e^{−h} − 1)/h + 1, φ₃ = φ₂/h − 1/2.
 
     Order 3; steps 1 and 2 warm up at orders 1 and 2. With ``lower_order_final`` the step before
-    the last is second order when n < 15 (as diffusers does); the last step (to σ = 0) returns
-    x̂_0. Model evaluations: n.
+    the last is second order when n < 15 (as diffusers does); the last step (to σ = 0) is
+    :func:`final_step` with rule ``final``. Model evaluations: n.
     """
+    check_final_step(final)
     n = sigmas.numel() - 1
     x0_1 = x0_2 = h_1 = h_2 = None
     for i, (sigma, sigma_next) in enumerate(_pairs(sigmas, "dpmpp_3m", progress)):
         x0 = denoiser(x, torch.tensor(sigma))
         if sigma_next == 0:
-            return x0
+            return final_step(x, x0, sigma, final)
         h = math.log(sigma / sigma_next)
         x = (sigma_next / sigma) * x - math.expm1(-h) * x0
         phi_2 = math.expm1(-h) / h + 1
@@ -397,16 +480,19 @@ def sample_unipc(
     sigmas: Tensor,
     *,
     order: int = 2,
+    final: str = "trapezoid",
     progress: bool = False,
 ) -> Tensor:
     """UniPC (Zhao et al. 2023), B(h) = e^h − 1 ("bh2"), data prediction: a multistep predictor
     UniP of ``order`` and the corrector UniC, which reuses the next step's model evaluation,
     raising the order by one (UniPC-2: order 3). Lower orders at the start and the end.
 
-    Model evaluations: n (the corrector costs none; the last step returns x̂_0).
+    The last step (to σ = 0) is :func:`final_step` with rule ``final``, from the corrected x.
+    Model evaluations: n (the corrector costs none).
     """
     if order not in (1, 2, 3):
         raise KuosanError(f"UniPC order must be 1, 2 or 3, got {order}")
+    check_final_step(final)
     pairs = _pairs(sigmas, "unipc", progress)
     n = len(pairs)
     x0s: list[Tensor] = []
@@ -419,7 +505,7 @@ def sample_unipc(
                               lams[-prev_order:], x0)
         x0s, lams = (x0s + [x0])[-order:], (lams + [-math.log(sigma)])[-order:]
         if sigma_next == 0:
-            return x0
+            return final_step(x, x0, sigma, final)
         this_order = min(order, len(x0s), n - i)
         x_prev, prev_order = x, this_order
         x = _unipc_update(x, sigma, sigma_next, x0s[-this_order:], lams[-this_order:], None)
@@ -470,6 +556,8 @@ SAMPLERS: tuple[str, ...] = (
     "ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc",
 )
 DETERMINISTIC: tuple[str, ...] = ("ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc")
+# Samplers whose last step is :func:`final_step` (``final_step=``); ddpm and dpmpp_2m_sde return x̂_0.
+WITH_FINAL_STEP: tuple[str, ...] = DETERMINISTIC
 
 # The σ grid each sampler uses unless ``spacing=`` says otherwise (chosen on the exact
 # Gaussian-mixture benchmark, benchmarks/samplers.py; see docs/samplers.md).
@@ -520,6 +608,7 @@ def sample(
     x_T: Tensor | None = None,
     eta: float | None = None,
     spacing: str | None = None,
+    final_step: str | None = None,
     clip_x0: bool = False,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -532,6 +621,8 @@ def sample(
     x = x_T·√(1 + σ_max²). ``steps`` defaults to T for "ddpm" and 20 for the others; ``spacing``
     ("uniform_t", "log_snr", "karras") defaults per sampler (:data:`DEFAULT_SPACING`; "ddpm" only
     takes "uniform_t"). ``eta`` is DDIM's η (default 0) or the SDE's η (default 1).
+    ``final_step`` ("trapezoid" or "denoise", default per sampler: :data:`DEFAULT_FINAL_STEP`) is
+    the last step from σ_min to 0 of the samplers in :data:`WITH_FINAL_STEP` (:func:`final_step`).
     ``clip_x0`` clamps x̂_0 to [−1, 1]. Model evaluations: :func:`model_evaluations`.
     """
     if sampler not in SAMPLERS:
@@ -540,6 +631,11 @@ def sample(
         raise KuosanError(f"eta applies to the ddim and dpmpp_2m_sde samplers, not {sampler!r}")
     if sampler == "ddpm" and spacing not in (None, "uniform_t"):
         raise KuosanError(f"the ddpm sampler runs on uniform integer timesteps, not spacing {spacing!r}")
+    if final_step is not None:
+        if sampler not in WITH_FINAL_STEP:
+            raise KuosanError(f"final_step applies to the {', '.join(WITH_FINAL_STEP)} samplers, "
+                              f"not {sampler!r}")
+        check_final_step(final_step)
     if x_T is None:
         x_T = randn(shape, generator)
     elif tuple(x_T.shape) != tuple(shape):
@@ -552,6 +648,8 @@ def sample(
                            progress=progress)
     sigmas = sigmas_for(schedule, sampler, 20 if steps is None else steps, spacing)
     kwargs: dict = {"progress": progress}
+    if final_step is not None:
+        kwargs["final"] = final_step
     if sampler in ("ddim", "dpmpp_2m_sde"):
         kwargs["generator"] = generator
         if eta is not None:
@@ -569,23 +667,28 @@ def invert(
     steps: int = 50,
     prediction: Prediction = "eps",
     spacing: str | None = None,
+    final_step: str | None = None,
     fixed_point_iters: int = 0,
     clip_x0: bool = False,
     progress: bool = False,
 ) -> Tensor:
-    """DDIM inversion: the x_T that ``sample(sampler="ddim", eta=0, x_T=x_T)`` (same ``steps``
-    and ``spacing``, default ``DEFAULT_SPACING["ddim"]``) decodes back to about ``x0``; editing
-    starts from it.
+    """DDIM inversion: the x_T that ``sample(sampler="ddim", eta=0, x_T=x_T)`` (same ``steps``,
+    ``spacing`` and ``final_step``, defaults ``DEFAULT_SPACING["ddim"]`` and
+    ``DEFAULT_FINAL_STEP["ddim"]``) decodes back to about ``x0``; editing starts from it.
 
     The decoder's Euler steps run backwards, each from σ_a up to σ_b:
     x_b = x_a + (σ_b − σ_a)·(x_b − D(x_b; σ_b))/σ_b, an implicit equation (the decoder's step
     from σ_b to σ_a, solved for x_b). The usual inversion evaluates D at the current point
     (x_b ≈ x_a + (σ_b − σ_a)·ε̂(x_a)); ``fixed_point_iters`` > 0 refines each step by fixed-point
-    iteration towards the exact inverse. Model evaluations: steps·(1 + fixed_point_iters).
+    iteration towards the exact inverse. The first step inverts the decoder's last one,
+    x_0 = x_b − (1 − w)·(x_b − D(x_b; σ_min)) (:func:`final_step`): the same equation with
+    σ_b − σ_a replaced by (1 − w)·σ_min. Model evaluations: steps·(1 + fixed_point_iters).
     Returns the VP variable x_T = x/√(1 + σ_max²).
     """
     if fixed_point_iters < 0:
         raise KuosanError(f"fixed_point_iters must be >= 0, got {fixed_point_iters}")
+    final_step = DEFAULT_FINAL_STEP["ddim"] if final_step is None else final_step
+    check_final_step(final_step)
     denoiser = Denoiser(model, schedule, prediction, clip_x0)
     sigmas = sigmas_for(schedule, "ddim", steps, spacing).flip(0).tolist()  # 0, σ_min, …, σ_max
     x = x0
@@ -593,9 +696,12 @@ def invert(
                                  disable=not progress, desc="invert", leave=False):
         # D(·; 0) does not exist: from the data, ε̂ is read at x_0 with level σ_b
         level = sigma_a if sigma_a > 0 else sigma_b
+        step = sigma_b - sigma_a
+        if sigma_a == 0:  # the decoder's last step: x_0 = x_b − (1 − w)·(x_b − D(x_b; σ_b))
+            step = (1 - final_weight(sigma_b, final_step)) * sigma_b
         eps = (x - denoiser(x, torch.tensor(level))) / level
-        x_b = x + (sigma_b - sigma_a) * eps
+        x_b = x + step * eps
         for _ in range(fixed_point_iters):
-            x_b = x + (sigma_b - sigma_a) * (x_b - denoiser(x_b, torch.tensor(sigma_b))) / sigma_b
+            x_b = x + step * (x_b - denoiser(x_b, torch.tensor(sigma_b))) / sigma_b
         x = x_b
     return x / math.sqrt(1 + sigmas[-1] ** 2)
