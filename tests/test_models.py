@@ -1,4 +1,5 @@
-"""Denoising networks: shapes, gradients, continuous t, configs, determinism, bf16 autocast."""
+"""Denoising networks: shapes, gradients, continuous t, configs, determinism, bf16 autocast,
+conditioning (class labels, pooled vectors, cross-attention to token states)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from kuosan.models import (
     timestep_embedding,
     unet_preset,
 )
+from kuosan.models.attention import CrossAttnBlock
 
 # A tiny UNet with attention at two levels and in the middle, dropout on.
 TINY = UNetConfig(in_channels=2, out_channels=3, image_size=8, base_channels=16,
@@ -188,3 +190,188 @@ def test_bf16_autocast_on_cpu() -> None:
 def test_mlp_shapes() -> None:
     model = MLPDenoiser(MLPConfig(dim=5, hidden=32, depth=3))
     assert model(torch.randn(4, 5), torch.rand(4) * 999).shape == (4, 5)
+
+
+# ---- conditioning: class labels, pooled vectors, token states -----------------------------------
+
+CONDITIONING = {  # UNetConfig fields that switch each kind of condition on
+    "class": {"num_classes": 5},
+    "pooled": {"cond_dim": 6},
+    "tokens": {"context_dim": 12, "cross_attn_resolutions": (8,)},
+    "all": {"num_classes": 5, "cond_dim": 6, "context_dim": 12, "cross_attn_resolutions": (8,)},
+}
+COND_TINY = dataclasses.replace(TINY, **CONDITIONING["all"])
+
+
+def make_condition(kind: str, batch: int, seed: int, length: int = 3) -> dict[str, torch.Tensor]:
+    """A random condition of `kind` for a batch (class labels include the null index 5)."""
+    g = torch.Generator().manual_seed(seed)
+    cond: dict[str, torch.Tensor] = {}
+    if kind in ("class", "all"):
+        cond["class_labels"] = (torch.arange(batch) + seed) % 6  # other seed: other labels
+    if kind in ("pooled", "all"):
+        cond["pooled"] = torch.randn(batch, 6, generator=g)
+    if kind in ("tokens", "all"):
+        cond["context"] = torch.randn(batch, length, 12, generator=g)
+        cond["context_mask"] = torch.ones(batch, length, dtype=torch.bool)
+    return cond
+
+
+def conditioning_parameters(model: UNet) -> list[nn.Parameter]:
+    """The zero-initialised parameters through which a condition reaches the output."""
+    params = []
+    for name in ("class_embed", "cond_proj"):
+        if hasattr(model, name):
+            params += list(getattr(model, name).parameters())
+    for module in model.modules():
+        if isinstance(module, CrossAttnBlock):
+            params += list(module.proj.parameters())
+    return params
+
+
+@pytest.mark.parametrize("kind", sorted(CONDITIONING))
+def test_condition_reaches_the_output_after_training_not_at_init(kind: str) -> None:
+    model = UNet(dataclasses.replace(TINY, **CONDITIONING[kind])).eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3.0, 400.0])
+    a, b = make_condition(kind, 2, seed=1), make_condition(kind, 2, seed=2)
+    # Every parameter off its initialisation except the zero-initialised conditioning paths:
+    # the condition cannot reach the output, bit for bit.
+    zero = {id(p) for p in conditioning_parameters(model)}
+    assert zero
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if id(p) not in zero:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        out_a, out_b, out_none = model(x, t, **a), model(x, t, **b), model(x, t)
+    assert out_a.shape == (2, 3, 8, 8) and torch.count_nonzero(out_a) > 0
+    assert torch.equal(out_a, out_b) and torch.equal(out_a, out_none)
+    # Moved off zero too (as training does), the output depends on the condition.
+    perturbed(model, seed=1)
+    with torch.no_grad():
+        out_a, out_b = model(x, t, **a), model(x, t, **b)
+    assert out_a.shape == (2, 3, 8, 8) and torch.isfinite(out_a).all()
+    assert (out_a - out_b).abs().amax(dim=(1, 2, 3)).min() > 1e-3 * out_a.abs().max()
+
+
+@pytest.mark.parametrize("resolutions, count", [((), 1), ((8,), 4), ((4,), 4), ((8, 4), 7)])
+def test_cross_attention_placement(resolutions: tuple[int, ...], count: int) -> None:
+    # TINY: one residual block per level down, two up, so (8,) gives 1 + 2 and the middle 1.
+    model = UNet(dataclasses.replace(TINY, context_dim=12, cross_attn_resolutions=resolutions))
+    assert sum(isinstance(m, CrossAttnBlock) for m in model.modules()) == count
+
+
+def test_padding_tokens_do_not_change_the_output() -> None:
+    model = perturbed(UNet(COND_TINY)).eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3.0, 400.0])
+    cond = make_condition("all", 2, seed=3, length=3)
+    padded = dict(cond, context=torch.cat([cond["context"], 5 * torch.randn(2, 4, 12)], dim=1),
+                  context_mask=torch.tensor([[1, 1, 1, 0, 0, 0, 0]] * 2))  # 0/1 ints work too
+    with torch.no_grad():
+        ref, out = model(x, t, **cond), model(x, t, **padded)
+        unmasked = model(x, t, **dict(padded, context_mask=None))  # None: every token is real
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (unmasked - ref).abs().max() > 1e-3 * ref.abs().max()  # so the mask did the work
+    # A row without any real token attends to nothing: the same as context=None, bit for bit.
+    no_tokens = dict(cond, context_mask=torch.zeros(2, 3, dtype=torch.bool))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, **no_tokens),
+                                   model(x, t, **dict(cond, context=None, context_mask=None)),
+                                   rtol=0, atol=0)
+
+
+def test_conditional_unet_runs_unconditionally_and_null_class_differs() -> None:
+    model = perturbed(UNet(COND_TINY)).eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3.0, 400.0])
+    with torch.no_grad():
+        out = model(x, t)
+        null = model(x, t, class_labels=torch.tensor([5, 5]))
+        one = model(x, t, class_labels=torch.tensor([5, 0]))
+    assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
+    assert not torch.allclose(out, null)  # None adds nothing; the null class is a learned row
+    torch.testing.assert_close(one[0], null[0])  # rows do not leak into each other
+    assert not torch.allclose(one[1], null[1])
+
+
+def test_conditional_unet_gradients_reach_every_parameter() -> None:
+    model = perturbed(UNet(COND_TINY)).train()
+    cond = make_condition("all", 3, seed=4, length=4)
+    cond["context_mask"][0, 2:] = False
+    x, t = torch.randn(3, 2, 8, 8), torch.tensor([1.0, 250.5, 998.0])
+    model(x, t, **cond).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+
+
+def test_conditional_unet_under_bf16_autocast() -> None:
+    model = perturbed(UNet(COND_TINY)).eval()
+    x, t = torch.randn(2, 2, 8, 8), torch.tensor([3.0, 400.5])
+    cond = make_condition("all", 2, seed=5)
+    with torch.no_grad():
+        ref = model(x, t, **cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t, **cond)
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_unconditional_configs_and_parameter_names_are_unchanged() -> None:
+    old = {k: v for k, v in config_to_dict(TINY).items()
+           if k not in ("num_classes", "cond_dim", "context_dim", "cross_attn_resolutions")}
+    assert config_from_dict("unet", json.loads(json.dumps(old))) == TINY
+    names = set(UNet(TINY).state_dict())
+    # the layout of a checkpoint written before conditioning existed
+    assert {"time_embed.0.weight", "down.0.1.qkv.weight", "middle.1.proj.weight",
+            "middle.2.conv2.weight", "up.2.1.proj.bias", "out.2.weight"} <= names
+    assert not any(k.startswith(("class_embed", "cond_proj")) or ".kv." in k for k in names)
+
+
+def test_conditional_config_round_trip_builds_the_same_model() -> None:
+    d = json.loads(json.dumps(config_to_dict(COND_TINY)))
+    assert d["cross_attn_resolutions"] == [8] and d["num_classes"] == 5
+    assert config_from_dict("unet", d) == COND_TINY
+    a, b = build_model("unet", d), UNet(COND_TINY)
+    assert {k: v.shape for k, v in a.state_dict().items()} == \
+        {k: v.shape for k, v in b.state_dict().items()}
+    assert a.class_embed.num_embeddings == 6  # 5 classes + the null class
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"cross_attn_resolutions": (8,)}, "context_dim"),
+    ({"num_classes": -1}, "num_classes"),
+    ({"cond_dim": 2.5}, "cond_dim"),
+    ({"context_dim": "8"}, "context_dim"),
+    ({"context_dim": 8, "cross_attn_resolutions": [8]}, "tuple"),
+    ({"context_dim": 8, "cross_attn_resolutions": (0,)}, "cross_attn_resolutions"),
+])
+def test_bad_conditioning_configs_raise(changes: dict, match: str) -> None:
+    with pytest.raises(KuosanError, match=match):
+        dataclasses.replace(TINY, **changes)
+
+
+@pytest.mark.parametrize("cfg, cond, match", [
+    (TINY, {"class_labels": torch.tensor([0, 1])}, "num_classes=0"),
+    (TINY, {"pooled": torch.randn(2, 6)}, "cond_dim=0"),
+    (TINY, {"context": torch.randn(2, 3, 12)}, "context_dim=0"),
+    (COND_TINY, {"class_labels": torch.tensor([0.0, 1.0])}, "integers"),
+    (COND_TINY, {"class_labels": torch.tensor([0, 1, 2])}, r"class_labels has shape \[3\]"),
+    (COND_TINY, {"pooled": torch.randn(2, 5)}, r"expected \[2, 6\]"),
+    (COND_TINY, {"context": torch.randn(2, 3, 11)}, r"expected \[2, L, 12\]"),
+    (COND_TINY, {"context": torch.randn(2, 3, 12), "context_mask": torch.ones(2, 4)},
+     "context_mask"),
+    (COND_TINY, {"context_mask": torch.ones(2, 3)}, "without context"),
+])
+def test_bad_conditions_raise(cfg: UNetConfig, cond: dict, match: str) -> None:
+    with pytest.raises(KuosanError, match=match):
+        UNet(cfg)(torch.randn(2, 2, 8, 8), torch.tensor([1.0, 2.0]), **cond)
+
+
+def test_upsample_nearest_2x_equals_interpolate():
+    import torch.nn.functional as F
+
+    from kuosan.models.unet import upsample_nearest_2x
+
+    x = torch.randn(2, 3, 5, 7, requires_grad=True)
+    torch.testing.assert_close(upsample_nearest_2x(x), F.interpolate(x, scale_factor=2.0, mode="nearest"),
+                               rtol=0, atol=0)
+    upsample_nearest_2x(x).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 4.0))
