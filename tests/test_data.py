@@ -24,7 +24,7 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
 def test_dataset_names():
-    assert set(DATASET_NAMES) == {"digits", "moons", "swissroll", "gaussians"}
+    assert set(DATASET_NAMES) == {"digits", "shapes", "moons", "swissroll", "gaussians"}
 
 
 # --- digits ---------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_missing_path_and_unknown_name(tmp_path, monkeypatch):
     with pytest.raises(KuosanError) as err:
         load_dataset("foo")
     assert str(err.value) == (
-        "unknown dataset 'foo': expected digits, moons, swissroll, gaussians or a folder of images"
+        "unknown dataset 'foo': expected digits, shapes, moons, swissroll, gaussians or a folder of images"
     )
     (tmp_path / "file.png").write_bytes(b"")
     with pytest.raises(KuosanError, match="file.png.*expected a folder"):
@@ -291,3 +291,19 @@ def test_bad_size_and_channels(tmp_path):
         load_dataset("digits", channels=2)
     with pytest.raises(KuosanError, match="size"):
         load_dataset("digits", size=0)
+
+
+def test_shapes_dataset_has_captions():
+    import kuosan.data as kd
+
+    old = kd.SHAPES_ITEMS
+    kd.SHAPES_ITEMS = 40
+    try:
+        ds = kd.load_dataset("shapes", size=32, seed=3)
+    finally:
+        kd.SHAPES_ITEMS = old
+    assert ds.info.shape == (3, 32, 32) and len(ds) == 40 and ds.data.min() >= -1
+    assert ds.captions is not None and len(ds.captions) == 40
+    assert ds.to("cpu").captions == ds.captions
+    with pytest.raises(KuosanError, match="multiple of 16"):
+        kd.load_dataset("shapes", size=20)

@@ -39,7 +39,8 @@ __all__ = [
     "normalize",
 ]
 
-DATASET_NAMES = ("digits", *TOY_NAMES)
+DATASET_NAMES = ("digits", "shapes", *TOY_NAMES)
+SHAPES_ITEMS = 20_000  # ShapesWorld images drawn (with their captions) for `load_dataset("shapes")`
 DEFAULT_FOLDER_SIZE = 32
 IMAGE_NORMALIZATION = {"type": "image", "range": [-1, 1]}
 
@@ -92,6 +93,7 @@ class ArrayDataset(Dataset):
         self.info = info
         self.labels = labels
         self.paths = paths
+        self.captions: list[str] | None = None  # one caption per item, for captioned data
 
     def _to_model_space(self, x: Tensor) -> Tensor:
         return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x
@@ -115,7 +117,9 @@ class ArrayDataset(Dataset):
     def to(self, device: torch.device | str) -> ArrayDataset:
         """The same dataset with its storage (and labels) on `device`; uint8 stays uint8."""
         labels = None if self.labels is None else self.labels.to(device)
-        return ArrayDataset(self.items.to(device), self.info, labels, self.paths)
+        moved = ArrayDataset(self.items.to(device), self.info, labels, self.paths)
+        moved.captions = self.captions
+        return moved
 
     def __repr__(self) -> str:
         i = self.info
@@ -193,6 +197,8 @@ def load_dataset(
 
     - "digits": scikit-learn's 1,797 8×8 digits, 1 channel (3 = repeated), resized to `size`
       (default 8, bilinear), with labels 0..9;
+    - "shapes": 20,000 ShapesWorld images (specs/shapes.md; RGB, `size` a multiple of 16 up to
+      128, default 32) drawn with `seed`, held-out compositions excluded, captions in `.captions`;
     - "moons", "swissroll", "gaussians": 20,000 2-D points drawn with `seed`, standardised
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized
@@ -220,12 +226,25 @@ def load_dataset(
         info = DataInfo(spec, "vector", (x.shape[1],), len(x), normalization)
         return ArrayDataset(x.contiguous(), info, labels)
 
+    if spec == "shapes":
+        from kuosan.data.shapes import make_shapes_dataset
+
+        side = size if size is not None else 32
+        if side % 16 or not 16 <= side <= 128:
+            raise KuosanError(f"ShapesWorld images are 16..128 pixels, a multiple of 16; got size={side}")
+        if channels == 1:
+            raise KuosanError("ShapesWorld images are RGB: channels=1 does not apply")
+        items, captions = make_shapes_dataset(SHAPES_ITEMS, size=side, seed=seed)
+        ds = _image_dataset("shapes", torch.from_numpy(items))
+        ds.captions = captions
+        return ds
+
     path = Path(spec).expanduser()
     if not path.exists():
         if _looks_like_path(spec):
             raise KuosanError(f"dataset folder '{spec}' does not exist")
         raise KuosanError(
-            f"unknown dataset '{spec}': expected digits, moons, swissroll, gaussians "
+            f"unknown dataset '{spec}': expected digits, shapes, moons, swissroll, gaussians "
             "or a folder of images"
         )
     items, paths = load_image_folder(
