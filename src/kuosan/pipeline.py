@@ -13,6 +13,7 @@ every later draw, so sample i is the same whatever the batch size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from .checkpoint import load_config, load_state_dict_strict, load_weights
 from .data import DataInfo, denormalize
 from .errors import KuosanError
+from .guidance import cfg_model
 from .images import to_pil
 from .models import build_model
 from .samplers import sample
@@ -52,7 +54,12 @@ class Pipeline:
         path = Path(path)
         config = load_config(path)
         try:
-            model = build_model(config["model"]["kind"], config["model"]["config"])
+            if config.get("text_encoder"):
+                from .conditional import build_text_conditioned
+
+                model = build_text_conditioned(config["model"]["config"], config["text_encoder"])
+            else:
+                model = build_model(config["model"]["kind"], config["model"]["config"])
             schedule = NoiseSchedule.from_config(config["schedule"])
             info = DataInfo.from_dict(config["data"])
         except (KeyError, TypeError) as err:
@@ -64,23 +71,67 @@ class Pipeline:
         return cls(model, schedule, config.get("prediction", "eps"), info, config, dev, name=path.name)
 
     @property
+    def is_text_conditioned(self) -> bool:
+        return bool(self.config.get("text_encoder"))
+
+    @property
     def clip_x0(self) -> bool:
         return bool(self.config.get("sampling", {}).get("clip_x0", self.info.kind == "image"))
 
     @torch.no_grad()
+    def generate(self, prompt: str | Sequence[str] = "", *, num_images_per_prompt: int = 1,
+                 num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
+                 sampler: str = "dpmpp_2m", negative_prompt: str | None = None,
+                 batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
+        """Images for a prompt (or a list of prompts), diffusers' argument names.
+
+        Classifier-free guidance with ``guidance_scale`` (1 = none); the unconditional branch is
+        the empty caption, or ``negative_prompt``. Image i of the output (prompts in order, each
+        repeated ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
+        """
+        if not self.is_text_conditioned:
+            if prompt or negative_prompt:
+                raise KuosanError(f"'{self.name}' is not a text-to-image model: it takes no prompt "
+                                  f"(use sample, or a model trained with --text-encoder)")
+            x = self.sample(num_images_per_prompt, sampler=sampler, num_inference_steps=num_inference_steps,
+                            seed=seed, batch_size=batch_size, progress=progress, **sampler_kwargs)
+            return self.to_images(x)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if num_images_per_prompt < 1:
+            raise KuosanError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        captions = [p for p in prompts for _ in range(num_images_per_prompt)]
+        uncond = self.model.encode([negative_prompt or ""])
+        out = []
+        for start in range(0, len(captions), batch_size):
+            chunk = captions[start:start + batch_size]
+            model = cfg_model(self.model, self.model.encode(chunk), uncond, guidance_scale)
+            out.append(self._sample_with(model, len(chunk), seed + start, sampler, num_inference_steps,
+                                         progress, sampler_kwargs))
+        return self.to_images(torch.cat(out))
+
+    def _sample_with(self, model: nn.Module, b: int, seed: int, sampler: str, steps: int | None,
+                     progress: bool, sampler_kwargs: dict) -> Tensor:
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(b)]
+        x = sample(model, (b, *self.info.shape), schedule=self.schedule, sampler=sampler, steps=steps,
+                   generator=generators, prediction=self.prediction, clip_x0=self.clip_x0,
+                   device=self.device, progress=progress, **sampler_kwargs)
+        return x.float().cpu()
+
+    @torch.no_grad()
     def sample(self, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
                seed: int = 0, batch_size: int = 256, progress: bool = False, **sampler_kwargs) -> Tensor:
-        """``n`` samples in model space, (n, *shape), on the CPU."""
+        """``n`` samples in model space, (n, *shape), on the CPU (unconditional: a text model is
+        given the empty caption)."""
         if n < 1:
             raise KuosanError(f"number of samples must be >= 1, got {n}")
+        model = self.model
+        if self.is_text_conditioned:
+            model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
         out = []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            generators = [torch.Generator().manual_seed(seed + start + i) for i in range(b)]
-            x = sample(self.model, (b, *self.info.shape), schedule=self.schedule, sampler=sampler,
-                       steps=num_inference_steps, generator=generators, prediction=self.prediction,
-                       clip_x0=self.clip_x0, device=self.device, progress=progress, **sampler_kwargs)
-            out.append(x.float().cpu())
+            out.append(self._sample_with(model, b, seed + start, sampler, num_inference_steps, progress,
+                                         sampler_kwargs))
         return torch.cat(out)
 
     def to_images(self, x: Tensor) -> list[Image.Image]:

@@ -38,8 +38,10 @@ from .checkpoint import (
     read_tensors,
     save_checkpoint,
 )
+from .conditional import TextConditionedUNet, drop_captions, make_text_encoder
 from .data import ArrayDataset, DataInfo, load_dataset
 from .errors import KuosanError
+from .guidance import cfg_model
 from .images import save_grid, save_png, to_pil
 from .models import (
     UNET_PRESETS,
@@ -88,6 +90,9 @@ class TrainConfig:
     grid_steps: int = 20
     device: str = "auto"  # auto, cpu or cuda
     bf16: bool = False  # bf16 autocast (CUDA)
+    text_encoder: str | None = None  # transformer (joint), minilm, or a local folder; None: no text
+    cond_drop: float = 0.1  # probability of training on the empty caption (classifier-free guidance)
+    grid_guidance: float = 3.0  # guidance scale of the sample grids of text-conditioned models
 
     def check(self) -> None:
         """Raise KuosanError naming the first bad value."""
@@ -118,6 +123,8 @@ class TrainConfig:
             raise KuosanError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise KuosanError("--device cuda was asked for, but no CUDA device is available")
+        if not 0.0 <= self.cond_drop <= 1.0:
+            raise KuosanError(f"--cond-drop must be in [0, 1], got {self.cond_drop}")
         if self.model not in ("auto", "mlp", *UNET_PRESETS):
             raise KuosanError(f"--preset must be auto, mlp or one of {', '.join(UNET_PRESETS)}, "
                               f"got {self.model!r}")
@@ -182,8 +189,9 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
-def model_spec(config: TrainConfig, info: DataInfo) -> tuple[str, dict]:
-    """(kind, config dict) of the network for this data."""
+def model_spec(config: TrainConfig, info: DataInfo, text_dim: int = 0) -> tuple[str, dict]:
+    """(kind, config dict) of the network for this data (``text_dim``: width of the text
+    encoder, which then feeds the pooled vector and cross-attention at H/2 and H/4)."""
     if info.kind == "vector":
         if config.model not in ("auto", "mlp"):
             raise KuosanError(f"--preset {config.model} is a UNet, but {info.name} holds vectors: use mlp")
@@ -198,6 +206,9 @@ def model_spec(config: TrainConfig, info: DataInfo) -> tuple[str, dict]:
     overrides: dict[str, Any] = {"in_channels": c, "out_channels": c, "image_size": h}
     if config.dropout is not None:
         overrides["dropout"] = config.dropout
+    if text_dim:
+        overrides.update(cond_dim=text_dim, context_dim=text_dim,
+                         cross_attn_resolutions=tuple(r for r in (h // 2, h // 4) if r >= 2))
     return "unet", config_to_dict(unet_preset(name, **overrides))
 
 
@@ -243,10 +254,18 @@ class Trainer:
                                                   skip_bad=config.skip_bad, seed=config.seed)
         self.info = self.dataset.info
         self.schedule = config.make_schedule()
-        self.kind, self.model_config = model_spec(config, self.info)
+        self.captions = self.dataset.captions if config.text_encoder else None
+        if config.text_encoder and self.captions is None:
+            raise KuosanError(f"--text-encoder needs captioned data, and '{config.data}' has no "
+                              f"captions (use shapes, or a folder of images with captions)")
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
             torch.manual_seed(config.seed)
+            encoder = make_text_encoder(config.text_encoder, self.captions) if self.captions else None
+            self.kind, self.model_config = model_spec(config, self.info, encoder.dim if encoder else 0)
             model = build_model(self.kind, self.model_config)
+            if encoder is not None:
+                model = TextConditionedUNet(model, encoder)
+        self.text_config = encoder.config() if encoder is not None else None
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.999),
                                       weight_decay=config.weight_decay)
@@ -267,7 +286,7 @@ class Trainer:
             "prediction": self.config.prediction,
             "data": self.info.to_dict(),
             "sampling": {"clip_x0": self.info.kind == "image"},
-            "text_encoder": None,
+            "text_encoder": self.text_config,
             "train": dataclasses.asdict(self.config),
         }
 
@@ -306,7 +325,11 @@ class Trainer:
         cfg = self.config
         image = self.info.kind == "image"
         shape = (cfg.grid_size if image else 2000, *self.info.shape)
-        x = sample(self.ema, shape, schedule=self.schedule, sampler=cfg.grid_sampler,
+        model = self.ema
+        if self.captions is not None:  # the grid shows the first captions of the data, guided
+            caps = [self.captions[i % len(self.captions)] for i in range(shape[0])]
+            model = cfg_model(self.ema, self.ema.encode(caps), self.ema.encode([""]), cfg.grid_guidance)
+        x = sample(model, shape, schedule=self.schedule, sampler=cfg.grid_sampler,
                    steps=min(cfg.grid_steps, self.schedule.T), prediction=cfg.prediction,
                    generator=torch.Generator().manual_seed(cfg.seed), device=self.accelerator.device,
                    clip_x0=image)
@@ -328,6 +351,10 @@ class Trainer:
         g = step_generator(cfg.seed, self.step, 1)
         t = torch.randint(0, self.schedule.T, (cfg.batch_size,), generator=g)
         noise = torch.randn((cfg.batch_size, *self.info.shape), generator=g)
+        captions = None
+        if self.captions is not None:
+            captions = drop_captions([self.captions[i] for i in idx.tolist()], cfg.cond_drop,
+                                     step_generator(cfg.seed, self.step, 2))
         micro = cfg.batch_size // (world * cfg.grad_accum)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.step)
@@ -338,8 +365,12 @@ class Trainer:
                 rows = slice((m * world + rank) * micro, (m * world + rank + 1) * micro)
                 x0 = self.dataset.batch(idx[rows].to(acc.device))
                 sync = acc.no_sync(self.model) if m + 1 < cfg.grad_accum else contextlib.nullcontext()
+                model = self.model
+                if captions is not None:
+                    caps = captions[rows]
+                    model = lambda x, tt, caps=caps: self.model(x, tt, captions=caps)
                 with sync, acc.autocast():
-                    loss = training_loss(self.model, x0, self.schedule, prediction=cfg.prediction,
+                    loss = training_loss(model, x0, self.schedule, prediction=cfg.prediction,
                                          weighting=cfg.weighting, gamma=cfg.min_snr_gamma,
                                          t=t[rows].to(acc.device), noise=noise[rows].to(acc.device)).mean()
                     acc.backward(loss / cfg.grad_accum)
