@@ -28,7 +28,7 @@ def run(tmp_path_factory):
 def test_generate_shapes_and_seeds(run):
     pipe = Pipeline.load(run)
     assert pipe.is_text_conditioned and pipe.config["text_encoder"]["type"] == "transformer"
-    kwargs = dict(num_inference_steps=3, guidance_scale=2.0, seed=7)
+    kwargs = {"num_inference_steps": 3, "guidance_scale": 2.0, "seed": 7}
     images = pipe.generate(["a red circle", "a blue square"], num_images_per_prompt=2, **kwargs)
     assert len(images) == 4 and images[0].size == (32, 32) and images[0].mode == "RGB"
     alone = pipe.generate(["a red circle", "a blue square"], num_images_per_prompt=2, batch_size=1, **kwargs)
@@ -68,3 +68,45 @@ def test_prompt_to_unconditional_model_is_refused(tmp_path):
           progress=False)
     with pytest.raises(KuosanError, match="not a text-to-image model"):
         Pipeline.load(out).generate("a red circle")
+
+
+def test_cli_generate_writes_metadata_and_reproduces(run, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from kuosan.cli import main
+
+    one = tmp_path / "one.png"
+    assert main(["generate", "a green cross at the top", "--model", str(run), "--steps", "3",
+                 "--guidance", "2", "--seed", "4", "--out", str(one)]) == 0
+    img = Image.open(one)
+    params = json.loads(img.text["kuosan"])
+    assert params["prompt"] == "a green cross at the top" and params["seed"] == 4
+    assert "CFG scale: 2.0" in img.text["parameters"] and "Seed: 4" in img.text["parameters"]
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", str(one), "--out", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(img))
+    folder = tmp_path / "many"
+    assert main(["generate", "a green cross at the top", "--model", str(run), "--steps", "3",
+                 "--guidance", "2", "--seed", "4", "-n", "2", "--out", str(folder)]) == 0
+    assert np.array_equal(np.asarray(Image.open(folder / "0000.png")), np.asarray(img))
+    assert json.loads(Image.open(folder / "0001.png").text["kuosan"])["seed"] == 5
+
+
+def test_cli_generate_errors(run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "kuosan.cli", *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    r = cli("generate", "a red circle", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    r = cli("generate", "--from-png", str(plain))
+    assert r.returncode == 2 and "plain.png" in r.stderr

@@ -47,6 +47,7 @@ TRAIN_FLAGS = {
     "weighting": "weighting", "seed": "seed", "sample_every": "sample_every",
     "save_every": "save_every", "device": "device", "bf16": "bf16", "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
+    "text_encoder": "text_encoder", "cond_drop": "cond_drop",
 }
 # what a resumed run may change; everything else comes from the checkpoint
 RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
@@ -99,6 +100,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (for CUDA)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
+    p.add_argument("--text-encoder", default=None,
+                   help="train text-to-image on captioned data: transformer (trained jointly), minilm "
+                        "(frozen, needs the text extra), or a local transformers folder")
+    p.add_argument("--cond-drop", type=float, default=d.cond_drop,
+                   help="probability of the empty caption in training (classifier-free guidance)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (its own settings; --steps/--minutes set the new stop)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -201,6 +207,116 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- generate ----------------------------------------------------------------------------------
+
+GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "sampler", "steps", "guidance", "model",
+                   "model_hash", "kuosan_version")
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    from .samplers import SAMPLERS
+
+    p = sub.add_parser(
+        "generate", help="text to image",
+        description="Generate images for a caption with a text-to-image checkpoint. OUT ending in "
+                    ".png is one grid (the image itself when -n 1); any other OUT is a folder of "
+                    "0000.png, … (image i seeded seed + i). Every PNG carries its generation parameters (a 'parameters' "
+                    "line and a 'kuosan' JSON chunk); --from-png IMAGE reproduces it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("prompt", nargs="?", default=None, help="the caption")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint folder")
+    p.add_argument("-n", "--num", type=positive_int, default=1, help="images")
+    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp_2m")
+    p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
+    p.add_argument("--out", type=Path, default=Path("out.png"), help="a .png file, or a folder")
+    p.add_argument("--from-png", type=Path, default=None,
+                   help="take prompt, seed, sampler, steps, guidance and model from a kuosan PNG")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=run_generate)
+
+
+def _params_from_png(path: Path) -> dict:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            text = dict(getattr(img, "text", {}))
+    except (OSError, UnidentifiedImageError) as err:
+        raise KuosanError(f"--from-png: cannot read '{path}': {err}") from None
+    if "kuosan" not in text:
+        raise KuosanError(f"--from-png: '{path}' carries no kuosan generation parameters")
+    try:
+        params = json.loads(text["kuosan"])
+    except json.JSONDecodeError as err:
+        raise KuosanError(f"--from-png: '{path}' has a damaged kuosan chunk: {err}") from None
+    return params
+
+
+def _model_hash(folder: Path) -> str:
+    import hashlib
+
+    from .checkpoint import EMA, MODEL
+
+    path = folder / EMA if (folder / EMA).is_file() else folder / MODEL
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .images import save_png
+    from .pipeline import Pipeline
+
+    if args.from_png is not None:
+        params = _params_from_png(args.from_png)
+        args.prompt = params["prompt"]
+        args.negative = params.get("negative_prompt")
+        args.seed, args.sampler = params["seed"], params["sampler"]
+        args.steps, args.guidance = params["steps"], params["guidance"]
+        args.num = params.get("num", 1)
+        args.model = args.model or Path(params["model"])
+    if args.prompt is None:
+        raise KuosanError("give a prompt (or --from-png IMAGE)")
+    if args.model is None:
+        raise KuosanError("no bundled text-to-image model ships with this version yet: "
+                          "pass --model DIR (a checkpoint trained with --text-encoder)")
+    pipe = Pipeline.load(args.model, device=args.device)
+    images = pipe.generate(args.prompt, num_images_per_prompt=args.num, num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler,
+                           negative_prompt=args.negative)
+    digest = _model_hash(args.model)
+    out: Path = args.out
+    if out.suffix and out.suffix.lower() != ".png":
+        raise KuosanError(f"--out '{out}': use a .png file or a folder name without a suffix")
+    def metadata(seed: int, num: int, size: tuple[int, int]) -> dict[str, str]:
+        params = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": seed, "num": num,
+                  "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+                  "model": str(args.model), "model_hash": digest, "kuosan_version": __version__}
+        line = (f"{args.prompt}\nNegative prompt: {args.negative or ''}\nSteps: {args.steps}, "
+                f"Sampler: {args.sampler}, CFG scale: {args.guidance}, Seed: {seed}, "
+                f"Size: {size[0]}x{size[1]}, Model hash: {digest}, Model: {args.model}, "
+                f"Version: kuosan {__version__}" + (f", Batch: {num}" if num > 1 else ""))
+        return {"parameters": line, "kuosan": json.dumps(params)}
+
+    if out.suffix:  # one file: the image, or a grid of all of them
+        import torch
+
+        from .images import from_pil, make_grid, to_pil
+
+        img = images[0] if len(images) == 1 else to_pil(make_grid(torch.stack([from_pil(i) for i in images])))
+        save_png(img, out, metadata(args.seed, len(images), images[0].size))
+    else:
+        for i, img in enumerate(images):
+            save_png(img, out / f"{i:04d}.png", metadata(args.seed + i, 1, img.size))
+    print(f"kuosan: wrote {len(images)} image(s) for {args.prompt!r} to {out}")
+    return 0
+
+
 # ---- eval --------------------------------------------------------------------------------------
 
 
@@ -287,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train(sub)
     add_sample(sub)
+    add_generate(sub)
     add_eval(sub)
     return parser
 
