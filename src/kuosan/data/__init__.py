@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kuosan.data.captions import read_captions
 from kuosan.data.digits import DIGITS_SIZE, load_digits
 from kuosan.data.folder import IMAGE_EXTENSIONS, load_image_folder
 from kuosan.data.toys import TOY_NAMES, TOY_POINTS, make_toy, standardize
@@ -203,7 +204,8 @@ def load_dataset(
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized
       and centre-cropped to `size` (default 32), `channels` None = automatic (see
-      `load_image_folder`); `skip_bad` skips unreadable files with a warning.
+      `load_image_folder`); `skip_bad` skips unreadable files with a warning; captions from
+      metadata.jsonl, metadata.csv or .txt sidecars (`kuosan.data.captions`) go to `.captions`.
 
     A built-in name wins over a folder of the same name: write "./digits" for the folder.
     """
@@ -250,4 +252,6 @@ def load_dataset(
     items, paths = load_image_folder(
         path, size if size is not None else DEFAULT_FOLDER_SIZE, channels, skip_bad
     )
-    return _image_dataset(str(spec), items, paths=paths)
+    ds = _image_dataset(str(spec), items, paths=paths)
+    ds.captions = read_captions(path, paths)
+    return ds
