@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -367,8 +368,7 @@ class Trainer:
                 sync = acc.no_sync(self.model) if m + 1 < cfg.grad_accum else contextlib.nullcontext()
                 model = self.model
                 if captions is not None:
-                    caps = captions[rows]
-                    model = lambda x, tt, caps=caps: self.model(x, tt, captions=caps)
+                    model = functools.partial(self.model, captions=captions[rows])
                 with sync, acc.autocast():
                     loss = training_loss(model, x0, self.schedule, prediction=cfg.prediction,
                                          weighting=cfg.weighting, gamma=cfg.min_snr_gamma,
