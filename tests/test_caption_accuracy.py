@@ -1,0 +1,128 @@
+"""benchmarks/caption_accuracy.py on a tiny (untrained) text model: report structure, not values."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+import kuosan.data as kd
+from kuosan.data.shapes import ATTRIBUTES, is_heldout, parse
+from kuosan.train import TrainConfig, train
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("caption_accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["caption_accuracy"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("caption_accuracy", None)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("capacc") / "tiny-t2i"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(kd, "SHAPES_ITEMS", 32)
+    try:
+        train(TrainConfig(data="shapes", model="s", steps=2, batch_size=8, sample_every=0,
+                          save_every=0, grid_size=2, grid_steps=2, text_encoder="transformer"),
+              out, progress=False)
+    finally:
+        mp.undo()
+    return out
+
+
+def test_report_structure_and_counts(bench, text_model, tmp_path, capsys):
+    report = tmp_path / "out" / "capacc"
+    argv = ["--model", str(text_model), "-n", "6", "--heldout-n", "3", "--steps", "2",
+            "--guidance", "1,2", "--threads", "1", "--report", str(report), "--note", "tiny test"]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+
+    data = json.loads((tmp_path / "out" / "capacc.json").read_text())
+    md = (tmp_path / "out" / "capacc.md").read_text()
+    meta = data["meta"]
+    assert meta["note"] == "tiny test" and meta["threads"] == 1 and meta["torch"]
+    assert "--heldout-n 3" in meta["command"] and meta["command"] in md
+    assert meta["models"]["tiny-t2i"]["encoder"] == "transformer"
+
+    captions = data["captions"]
+    assert len(captions) == 9
+    assert [c["heldout"] for c in captions] == [False] * 6 + [True] * 3
+    for c in captions:  # each caption is in the grammar, and held out exactly when marked
+        assert is_heldout(parse(c["text"])) == c["heldout"]
+        assert parse(c["text"]).kind == c["kind"]
+    # the two caption streams are independent: more held-out captions leave the seen ones alone
+    assert [c.text for c in bench.draw_captions(6, 5, 0)[:6]] == [c["text"] for c in captions[:6]]
+
+    rows = data["rows"]
+    assert [(r["steps"], r["guidance"]) for r in rows] == [(2, 1.0), (2, 2.0)]
+    for r in rows:
+        assert r["model"] == "tiny-t2i" and r["encoder"] == "transformer"
+        counts = r["counts"]
+        assert counts["single"] + counts["pair"] + counts["count"] == 6
+        assert counts["heldout"] == 3 and counts["all"] == 9
+        bits = r["satisfied"]
+        assert len(bits) == 9 and set(bits) <= {"0", "1"}
+        for group, acc in r["accuracy"].items():  # each accuracy is the share of its bits
+            idx = [i for i, c in enumerate(captions) if group == "all"
+                   or (c["heldout"] if group == "heldout" else not c["heldout"] and c["kind"] == group)]
+            assert len(idx) == counts[group]
+            if idx:
+                assert acc == pytest.approx(sum(bits[i] == "1" for i in idx) / len(idx))
+            else:
+                assert acc is None
+        assert set(r["attributes"]["all"]) == {"satisfied", *ATTRIBUTES}
+        assert r["images_per_s"] > 0 and not r["is_target"]  # 20 steps was not run
+
+    # tables: printed and in the .md, one line per row, header columns as documented
+    for text in (printed, md):
+        lines = text.splitlines()
+        head = next(i for i, line in enumerate(lines) if line.startswith("| model | encoder |"))
+        assert "single % (n=" in lines[head] and "held-out % (n=3)" in lines[head]
+        assert "all % (n=9)" in lines[head] and "images/s" in lines[head]
+        assert sum(line.startswith("| tiny-t2i |") for line in lines) == 2 * len(rows)
+        assert "targets not measured" in text
+    # the sample grid: at most 16 of the captions, at the closest setting to the targets one
+    grid = Image.open(tmp_path / "out" / "capacc_tiny-t2i.png")
+    assert grid.size == (4 * (4 * 34 + 2), 4 * (3 * 34 + 2))  # 9 images: 4 columns, 3 rows
+    assert data["grids"]["tiny-t2i"] == {"file": "capacc_tiny-t2i.png", "steps": 2, "guidance": 2.0}
+    for i, c in enumerate(captions):
+        assert f"{i + 1}. {c['text']}" in md
+
+
+def test_targets_setting_is_added_at_20_steps(bench):
+    pipe = SimpleNamespace(config={"sampling": {"guidance": 4.0}})
+    assert bench.settings_for(pipe, [10, 20], [1.0, 2.0]) == [
+        (10, 1.0), (10, 2.0), (20, 1.0), (20, 2.0), (20, 4.0)]
+    assert bench.settings_for(pipe, [10], [1.0]) == [(10, 1.0)]
+    default = SimpleNamespace(config={"sampling": {}})
+    assert bench.settings_for(default, [20], [1.0, 3.0]) == [(20, 1.0), (20, 3.0)]
+    assert bench.is_target(default, 20, 3.0) and not bench.is_target(default, 10, 3.0)
+
+
+def test_row_marks_pass_and_fail(bench):
+    row = bench.Row("m", "transformer", 20, 3.0, {}, {}, {}, 1.0, 1.0, "", is_target=True,
+                    targets={"single": True, "pair": True, "heldout": False})
+    assert bench.target_cell(row).startswith("**FAIL**")
+    row.targets["heldout"] = True
+    assert bench.target_cell(row).startswith("**PASS**")
+
+
+def test_error_for_a_model_without_text(bench, tmp_path, capsys):
+    digits = tmp_path / "digits"
+    train(TrainConfig(data="digits", model="xs", steps=1, batch_size=8, sample_every=0,
+                      save_every=0, grid_size=2, grid_steps=2), digits, progress=False)
+    assert bench.main(["--model", str(digits), "-n", "2", "--heldout-n", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a text-to-image model" in err and str(digits) in err
+    assert bench.main(["--model", str(tmp_path / "missing"), "-n", "2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
