@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-import kuosan.data as kd
 from kuosan.data.shapes import ATTRIBUTES, is_heldout, parse
 from kuosan.train import TrainConfig, train
 
@@ -27,17 +26,8 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("capacc") / "tiny-t2i"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(kd, "SHAPES_ITEMS", 32)
-    try:
-        train(TrainConfig(data="shapes", model="s", steps=2, batch_size=8, sample_every=0,
-                          save_every=0, grid_size=2, grid_steps=2, text_encoder="transformer"),
-              out, progress=False)
-    finally:
-        mp.undo()
-    return out
+def text_model(tiny_text_run):
+    return tiny_text_run
 
 
 def test_report_structure_and_counts(bench, text_model, tmp_path, capsys):

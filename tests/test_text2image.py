@@ -4,25 +4,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import TINY_TEXT, train_tiny_text
 
-import kuosan.data as kd
 from kuosan import KuosanError, Pipeline
 from kuosan.train import TrainConfig, train
 
-TINY = TrainConfig(data="shapes", model="s", steps=3, batch_size=8, warmup_steps=1, sample_every=0,
-                   save_every=0, grid_size=2, grid_steps=2, text_encoder="transformer", cond_drop=0.5)
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("t2i") / "run"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(kd, "SHAPES_ITEMS", 48)
-    try:
-        train(TINY, out, progress=False)
-    finally:
-        mp.undo()
-    return out
+def run(tiny_text_run):
+    return tiny_text_run
 
 
 def test_generate_shapes_and_seeds(run):
@@ -44,14 +34,9 @@ def test_resume_of_a_text_model_is_exact(run, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(kd, "SHAPES_ITEMS", 48)
-    try:
-        split = tmp_path / "split"
-        train(dataclasses.replace(TINY, steps=2), split, progress=False)
-        train(TINY, split, resume=True, progress=False)
-    finally:
-        mp.undo()
+    split = tmp_path / "split"
+    train_tiny_text(dataclasses.replace(TINY_TEXT, steps=2), split)
+    train_tiny_text(TINY_TEXT, split, resume=True)
     a, b = load_file(run / "model.safetensors"), load_file(split / "model.safetensors")
     assert any(k.startswith("text.") for k in a)
     assert all(torch.equal(v, b[k]) for k, v in a.items())
@@ -59,7 +44,7 @@ def test_resume_of_a_text_model_is_exact(run, tmp_path):
 
 def test_text_encoder_needs_captions(tmp_path):
     with pytest.raises(KuosanError, match="captioned data"):
-        train(dataclasses.replace(TINY, data="digits", model="xs"), tmp_path / "x", progress=False)
+        train(dataclasses.replace(TINY_TEXT, data="digits", model="xs"), tmp_path / "x", progress=False)
 
 
 def test_prompt_to_unconditional_model_is_refused(tmp_path):
