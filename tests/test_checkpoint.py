@@ -82,3 +82,14 @@ def test_weights_must_match_the_model(tmp_path):
         ck.load_state_dict_strict(m, {"weight": torch.zeros(2, 3)}, "x.safetensors")
     with pytest.raises(KuosanError, match="shape"):
         ck.load_state_dict_strict(m, {"weight": torch.zeros(3, 3), "bias": torch.zeros(2)}, "x.safetensors")
+
+
+def test_unknown_model_name_is_explained(tmp_path, monkeypatch):
+    from kuosan.pipeline import resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KuosanError, match="neither a checkpoint folder nor a model bundled"):
+        resolve_model("shapes-32")
+    (tmp_path / "mine").mkdir()
+    assert resolve_model("mine") == tmp_path.joinpath("mine").relative_to(tmp_path)
+    assert str(resolve_model("runs/x")) == "runs/x"  # a path is left to load_config's errors

@@ -40,6 +40,19 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A checkpoint folder: the path itself if it exists, else a model bundled with the package
+    under that name (``src/kuosan/bundled/NAME``). An unknown bare name gets a clear error."""
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    bundled = Path(__file__).parent / "bundled" / path.name
+    if bundled.is_dir():
+        return bundled
+    raise KuosanError(f"'{name_or_path}' is neither a checkpoint folder nor a model bundled with "
+                      f"this kuosan version (none is bundled yet)")
+
+
 class Pipeline:
     """A denoiser, its noise schedule and what its outputs mean."""
 
@@ -50,8 +63,9 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto") -> Pipeline:
-        """Load a checkpoint folder (``weights``: "ema" or "model")."""
-        path = Path(path)
+        """Load a checkpoint folder, or a model bundled with the package by name
+        (``kuosan/bundled/NAME``); ``weights``: "ema" or "model"."""
+        path = resolve_model(path)
         config = load_config(path)
         try:
             if config.get("text_encoder"):
