@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 from kuosan.data.shapes import ATTRIBUTES, is_heldout, parse
@@ -23,6 +24,15 @@ def bench():
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop("caption_accuracy", None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The script's --threads sets torch's thread count for the process: put it back, since
+    bit-exact comparisons in other tests need the same count throughout."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
