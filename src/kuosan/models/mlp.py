@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kuosan.errors import KuosanError
-from kuosan.models.unet import timestep_embedding
+from kuosan.models.unet import TimeEmbedding
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,7 @@ class MLPDenoiser(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.emb_dim = emb_dim = 4 * cfg.time_embed_dim
-        self.time_embed = nn.Sequential(
-            nn.Linear(cfg.time_embed_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = TimeEmbedding(cfg.time_embed_dim, emb_dim)
         self.input = nn.Linear(cfg.dim, cfg.hidden)
         self.blocks = nn.ModuleList(
             MLPBlock(cfg.hidden, emb_dim, cfg.dropout) for _ in range(cfg.depth)
@@ -73,8 +71,7 @@ class MLPDenoiser(nn.Module):
 
     def time_embedding(self, t: Tensor) -> Tensor:
         """emb = MLP(sinusoid(t)): [B] float timesteps -> [B, 4·time_embed_dim]."""
-        sinusoid = timestep_embedding(t, self.config.time_embed_dim)
-        return self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype))
+        return self.time_embed(t)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if t.ndim == 0:

@@ -51,6 +51,19 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return emb
 
 
+class TimeEmbedding(nn.Sequential):
+    """emb = Linear·SiLU·Linear(sinusoid(t)): [B] float timesteps -> [B, out_dim] (DDPM's time
+    MLP; shared by the UNet and the MLP denoiser)."""
+
+    def __init__(self, sinusoid_dim: int, out_dim: int) -> None:
+        super().__init__(nn.Linear(sinusoid_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.sinusoid_dim = sinusoid_dim
+
+    def forward(self, t: Tensor) -> Tensor:
+        sinusoid = timestep_embedding(t, self.sinusoid_dim)
+        return super().forward(sinusoid.to(self[0].weight.dtype))
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Widths, depths, attention and conditioning of a UNet; saved as JSON in config.json.
@@ -232,9 +245,7 @@ class UNet(nn.Module):
         self.emb_dim = emb_dim = 4 * base
         # Time embedding path: sinusoid(t) -> MLP -> emb [B, E]; the class embedding and the
         # projected pooled vector are added to it (`condition_embedding`).
-        self.time_embed = nn.Sequential(
-            nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
-        )
+        self.time_embed = TimeEmbedding(base, emb_dim)
         if cfg.num_classes:  # row num_classes is the null class of classifier-free guidance
             self.class_embed = zero_init(nn.Embedding(cfg.num_classes + 1, emb_dim))
         if cfg.cond_dim:  # no bias: pooled = 0 adds nothing, like pooled=None
@@ -289,8 +300,7 @@ class UNet(nn.Module):
 
     def time_embedding(self, t: Tensor) -> Tensor:
         """emb = MLP(sinusoid(t)): [B] float timesteps -> [B, E]."""
-        sinusoid = timestep_embedding(t, self.config.base_channels)
-        return self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype))
+        return self.time_embed(t)
 
     def condition_embedding(
         self, emb: Tensor, class_labels: Tensor | None = None, pooled: Tensor | None = None
