@@ -1,0 +1,73 @@
+"""Encode time per caption of the text encoders on ShapesWorld captions (CPU, forward only).
+
+    OMP_NUM_THREADS=1 python3 benchmarks/text_encoders.py --threads 1 [--cache]
+
+Protocol: 2,000 captions from `make_shapes_dataset(2000, seed=0)`; each encoder encodes the first
+1 and the first 64 captions once untimed, then three timed times under `torch.no_grad()`; the best
+of three is reported per caption. `--cache` also times two passes of a `CachedEncoder(MiniLM)`
+over all 2,000 captions in batches of 64. MiniLM needs the `text` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from kuosan.data.shapes import make_shapes_dataset
+from kuosan.models.text import (
+    CachedEncoder,
+    CharTokenizer,
+    MiniLMEncoder,
+    SmallTransformerEncoder,
+    TextEncoder,
+    WordTokenizer,
+)
+
+
+def best_seconds(encoder: TextEncoder, captions: list[str], repeats: int = 3) -> float:
+    with torch.no_grad():
+        encoder.encode(captions)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            encoder.encode(captions)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", action="store_true", help="also time a cached MiniLM over all captions")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    _, captions = make_shapes_dataset(2000, size=32, seed=0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {len(set(captions))} distinct "
+          f"of 2000 captions, at most {max(map(len, captions))} characters")
+    encoders = {
+        "minilm": MiniLMEncoder(),
+        "small transformer, char tokenizer, dim 256, depth 4": SmallTransformerEncoder(CharTokenizer()).eval(),
+        "small transformer, word tokenizer, dim 256, depth 4":
+            SmallTransformerEncoder(WordTokenizer.fit(captions)).eval(),
+    }
+    print(f"{'encoder':54s} {'batch 1':>14s} {'batch 64':>14s} {'L@64':>5s}")
+    for name, encoder in encoders.items():
+        per = [1000 * best_seconds(encoder, captions[:b]) / b for b in (1, 64)]
+        length = encoder.encode(captions[:64]).tokens.shape[1]
+        print(f"{name:54s} {per[0]:9.1f} ms/c {per[1]:9.1f} ms/c {length:5d}")
+    if args.cache:
+        cached = CachedEncoder(MiniLMEncoder())
+        passes = []
+        for _ in range(2):
+            start = time.perf_counter()
+            for i in range(0, len(captions), 64):
+                cached.encode(captions[i:i + 64])
+            passes.append(time.perf_counter() - start)
+        print(f"cached MiniLM over 2000 captions: first pass {passes[0]:.2f} s ({cached.misses} misses), "
+              f"second pass {passes[1]:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
