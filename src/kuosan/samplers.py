@@ -34,7 +34,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import KuosanError
-from .schedule import NoiseSchedule, Prediction, expand_as, x0_eps_from_output
+from .schedule import (
+    NoiseSchedule,
+    Prediction,
+    expand_as,
+    posterior_coefficients,
+    x0_eps_from_output,
+)
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 DenoiserFn = Callable[[Tensor, Tensor], Tensor]
@@ -541,12 +547,11 @@ def sample_ddpm(
         x0, _ = denoiser.at_timestep(x, torch.full((x.shape[0],), float(t), dtype=torch.float64))
         if s < 0:
             return x0
-        beta = 1 - ab_t / ab_s
-        c_x0 = float(beta * ab_s.sqrt() / (1 - ab_t))
-        c_xt = float((1 - ab_s) * (1 - beta).sqrt() / (1 - ab_t))
-        var = beta * (1 - ab_s) / (1 - ab_t) if variance == "beta_tilde" else beta
+        c_x0, c_xt, var = posterior_coefficients(ab_t, ab_s)  # the respaced step's posterior
+        if variance != "beta_tilde":
+            var = 1 - ab_t / ab_s  # the step's β'
         noise = _randn_like(x, generator)
-        x = c_x0 * x0 + c_xt * x + float(var.sqrt()) * noise
+        x = float(c_x0) * x0 + float(c_xt) * x + float(var.sqrt()) * noise
     return x
 
 

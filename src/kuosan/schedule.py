@@ -196,11 +196,7 @@ class NoiseSchedule:
         (DDPM eq. 6–7). At t = 0 the previous level is the data: c_x0 = 1, c_xt = 0, β̃ = 0.
         """
         t = _as_index(t, self.T)
-        beta, ab, ab_prev = self.betas[t], self.alpha_bar[t], self.alpha_bar_prev[t]
-        c_x0 = beta * ab_prev.sqrt() / (1 - ab)
-        c_xt = (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab)
-        var = beta * (1 - ab_prev) / (1 - ab)
-        return c_x0, c_xt, var
+        return posterior_coefficients(self.alpha_bar[t], self.alpha_bar_prev[t], self.betas[t])
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Posterior:
         """q(x_{t−1} | x_t, x_0) for integer t of shape (B,) (DDPM eq. 6–7).
@@ -228,6 +224,20 @@ class NoiseSchedule:
 
 
 # ---- small pure functions ----------------------------------------------------------------------
+
+
+def posterior_coefficients(
+    alpha_bar: Tensor, alpha_bar_prev: Tensor, beta: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(c_x0, c_xt, β̃) of q(x_s | x_t, x_0) between any two levels ᾱ_t < ᾱ_s (DDPM eq. 6–7 with
+    the step's β = 1 − ᾱ_t/ᾱ_s, given or derived): μ̃ = c_x0·x_0 + c_xt·x_t,
+    c_x0 = β·√ᾱ_s/(1 − ᾱ_t), c_xt = (1 − ᾱ_s)·√(1 − β)/(1 − ᾱ_t), β̃ = β·(1 − ᾱ_s)/(1 − ᾱ_t)."""
+    if beta is None:
+        beta = 1 - alpha_bar / alpha_bar_prev
+    c_x0 = beta * alpha_bar_prev.sqrt() / (1 - alpha_bar)
+    c_xt = (1 - alpha_bar_prev) * (1 - beta).sqrt() / (1 - alpha_bar)
+    var = beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    return c_x0, c_xt, var
 
 
 def sigma_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
