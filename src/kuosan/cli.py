@@ -224,17 +224,10 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                     "line and a 'kuosan' JSON chunk); --from-png IMAGE reproduces it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("prompt", nargs="?", default=None, help="the caption")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint folder")
-    p.add_argument("-n", "--num", type=positive_int, default=1, help="images")
-    p.add_argument("--steps", type=positive_int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--negative", default=None, help="negative prompt")
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpmpp_2m")
-    p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
-    p.add_argument("--out", type=Path, default=Path("out.png"), help="a .png file, or a folder")
+    _common_generation_flags(p, SAMPLERS)
+    p.set_defaults(model=None)  # None: the bundled model, or the one --from-png names
     p.add_argument("--from-png", type=Path, default=None,
                    help="take prompt, seed, sampler, steps, guidance and model from a kuosan PNG")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.set_defaults(func=run_generate)
 
 
@@ -255,6 +248,9 @@ def _params_from_png(path: Path) -> dict:
     return params
 
 
+DEFAULT_MODEL = "shapes-32"  # the bundled ShapesWorld text-to-image model
+
+
 def _model_hash(folder: Path) -> str:
     import hashlib
 
@@ -269,40 +265,60 @@ def _model_hash(folder: Path) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .images import save_png
     from .pipeline import Pipeline
 
     if args.from_png is not None:
         params = _params_from_png(args.from_png)
+        if params.get("command", "generate") != "generate":
+            raise KuosanError(f"--from-png: '{args.from_png}' was made by `kuosan {params['command']}`, "
+                              f"not by `kuosan generate`; its parameters are in its metadata")
         args.prompt = params["prompt"]
         args.negative = params.get("negative_prompt")
         args.seed, args.sampler = params["seed"], params["sampler"]
         args.steps, args.guidance = params["steps"], params["guidance"]
         args.num = params.get("num", 1)
-        args.model = args.model or Path(params["model"])
+        args.model = args.model or params["model"]
     if args.prompt is None:
         raise KuosanError("give a prompt (or --from-png IMAGE)")
-    if args.model is None:
-        raise KuosanError("no bundled text-to-image model ships with this version yet: "
-                          "pass --model DIR (a checkpoint trained with --text-encoder)")
+    args.model = args.model or DEFAULT_MODEL
+    _check_out(args.out)
     pipe = Pipeline.load(args.model, device=args.device)
+    args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
     images = pipe.generate(args.prompt, num_images_per_prompt=args.num, num_inference_steps=args.steps,
                            guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler,
                            negative_prompt=args.negative)
-    digest = _model_hash(args.model)
-    out: Path = args.out
+    _write_images(images, args, pipe, {"command": "generate"})
+    print(f"kuosan: wrote {len(images)} image(s) for {args.prompt!r} to {args.out}")
+    return 0
+
+
+def _check_out(out: Path) -> None:
     if out.suffix and out.suffix.lower() != ".png":
         raise KuosanError(f"--out '{out}': use a .png file or a folder name without a suffix")
+
+
+def _write_images(images: list, args: argparse.Namespace, pipe, extra: dict) -> None:
+    """OUT.png: the image (or a grid of all); a folder: 0000.png, … (image i seeded seed + i);
+    every PNG carries its parameters (an A1111-style 'parameters' line and a 'kuosan' JSON chunk)."""
+    from .images import save_png
+
+    digest = _model_hash(pipe.path)
+    prompt = args.prompt or ""
+
     def metadata(seed: int, num: int, size: tuple[int, int]) -> dict[str, str]:
-        params = {"prompt": args.prompt, "negative_prompt": args.negative, "seed": seed, "num": num,
+        params = {"prompt": prompt, "negative_prompt": args.negative, "seed": seed, "num": num,
                   "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
-                  "model": str(args.model), "model_hash": digest, "kuosan_version": __version__}
-        line = (f"{args.prompt}\nNegative prompt: {args.negative or ''}\nSteps: {args.steps}, "
+                  "model": str(args.model), "model_hash": digest, "kuosan_version": __version__,
+                  **extra}
+        edit = "".join(f", {k.replace('_', ' ').capitalize()}: {v}" for k, v in extra.items()
+                       if k != "command")
+        line = (f"{prompt}\nNegative prompt: {args.negative or ''}\nSteps: {args.steps}, "
                 f"Sampler: {args.sampler}, CFG scale: {args.guidance}, Seed: {seed}, "
-                f"Size: {size[0]}x{size[1]}, Model hash: {digest}, Model: {args.model}, "
-                f"Version: kuosan {__version__}" + (f", Batch: {num}" if num > 1 else ""))
+                f"Size: {size[0]}x{size[1]}, Model hash: {digest}, Model: {args.model}"
+                f"{edit}, Version: kuosan {__version__}" + (f", Batch: {num}" if num > 1 else ""))
         return {"parameters": line, "kuosan": json.dumps(params)}
 
+    out: Path = args.out
     if out.suffix:  # one file: the image, or a grid of all of them
         import torch
 
@@ -313,7 +329,112 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         for i, img in enumerate(images):
             save_png(img, out / f"{i:04d}.png", metadata(args.seed + i, 1, img.size))
-    print(f"kuosan: wrote {len(images)} image(s) for {args.prompt!r} to {out}")
+
+
+# ---- editing: inpaint, outpaint, vary, img2img ---------------------------------------------------
+
+
+def _edit_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+                 prompt_help: str) -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+
+    p = sub.add_parser(name, help=help, description=description + " OUT as in `kuosan generate`: "
+                       "a .png file (a grid when -n > 1) or a folder; every PNG carries its parameters.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("image", type=Path, help="the image to edit")
+    p.add_argument("prompt", nargs="?", default="", help=prompt_help)
+    _common_generation_flags(p, SAMPLERS)
+    return p
+
+
+def _common_generation_flags(p: argparse.ArgumentParser, samplers: tuple[str, ...]) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="checkpoint folder, or a bundled model's name")
+    p.add_argument("-n", "--num", type=positive_int, default=1, help="images")
+    p.add_argument("--steps", type=positive_int, default=20, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (1 = off; default: the model's)")
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--sampler", choices=samplers, default="dpmpp_2m")
+    p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
+    p.add_argument("--out", type=Path, default=Path("out.png"), help="a .png file, or a folder")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def add_edit(sub: argparse._SubParsersAction) -> None:
+    p = _edit_parser(sub, "inpaint", "repaint a masked part of an image",
+                     "Repaint the white part of --mask so that it fits the rest of IMAGE and shows "
+                     "the caption, which (as in DALL·E 2) describes the whole edited image. Pixels "
+                     "outside the mask are kept exactly.", "caption of the whole edited image")
+    p.add_argument("--mask", type=Path, required=True,
+                   help="black-and-white image of IMAGE's size: white = repaint, black = keep")
+    p.add_argument("--resample", type=positive_int, default=1,
+                   help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
+    p.add_argument("--feather", type=float, default=0.0,
+                   help="blend the seam over this many pixels inside the mask")
+    p.set_defaults(func=run_edit)
+
+    p = _edit_parser(sub, "outpaint", "extend an image beyond its borders",
+                     "Extend IMAGE by --left/--top/--right/--bottom pixels (any amount: the new "
+                     "border is painted window by window, each seeing the most known pixels it can). "
+                     "The original pixels are kept exactly.", "caption for the extended image")
+    for side in ("left", "top", "right", "bottom"):
+        p.add_argument(f"--{side}", type=non_negative_int, default=0, help=f"pixels to add on the {side}")
+    p.add_argument("--resample", type=positive_int, default=1,
+                   help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
+    p.set_defaults(func=run_edit)
+
+    for name, strength, what in (("vary", 0.6, "variations of an image"),
+                                 ("img2img", 0.7, "redraw an image towards a caption")):
+        p = _edit_parser(sub, name, what,
+                         "Noise IMAGE part of the way (--strength: 0 returns it, 1 ignores it) and "
+                         "denoise it again" + (", guided by the caption." if name == "img2img" else
+                                               ": the same composition, other details."),
+                         "caption to guide towards" + (" (optional)" if name == "vary" else ""))
+        p.add_argument("--strength", type=float, default=strength, help="how far to noise the image, 0..1")
+        p.set_defaults(func=run_edit)
+    sub.choices["vary"].set_defaults(num=4)
+
+
+def _open_image(path: Path, flag: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except FileNotFoundError:
+        raise KuosanError(f"{flag} '{path}': no such file") from None
+    except (OSError, UnidentifiedImageError) as err:
+        raise KuosanError(f"{flag} '{path}': not a readable image ({err})") from None
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+
+    _check_out(args.out)
+    image = _open_image(args.image, "IMAGE")
+    mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
+    pipe = Pipeline.load(args.model, device=args.device)
+    args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
+              "sampler": args.sampler, "negative_prompt": args.negative}
+    extra: dict = {"command": args.command, "image": str(args.image)}
+    if args.command == "inpaint":
+        extra.update(mask=str(args.mask), resample=args.resample, feather=args.feather)
+        images = pipe.inpaint(image, mask, args.prompt, num_images_per_prompt=args.num,
+                              resample=args.resample, feather=args.feather, **common)
+    elif args.command == "outpaint":
+        pads = {k: getattr(args, k) for k in ("left", "top", "right", "bottom")}
+        extra.update(pads, resample=args.resample)
+        images = pipe.outpaint(image, prompt=args.prompt, num_images_per_prompt=args.num,
+                               resample=args.resample, **pads, **common)
+    else:
+        extra["strength"] = args.strength
+        images = pipe.img2img(image, args.prompt, strength=args.strength,
+                              num_images_per_prompt=args.num, **common)
+    _write_images(images, args, pipe, extra)
+    print(f"kuosan: wrote {len(images)} image(s) ({args.command} of '{args.image}') to {args.out}")
     return 0
 
 
@@ -404,13 +525,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_sample(sub)
     add_generate(sub)
+    add_edit(sub)
     add_eval(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unparsed = parser.parse_known_args(argv)
+    # argparse fills an optional positional (the caption) before it sees a later one:
+    # `kuosan inpaint IMAGE --mask MASK "caption"` leaves the caption over; take it here.
+    if (len(unparsed) == 1 and not unparsed[0].startswith("-")
+            and getattr(args, "prompt", "missing") in ("", None)):
+        args.prompt, unparsed = unparsed[0], []
+    if unparsed:
+        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
     args._argv = argv
     try:
         return args.func(args)

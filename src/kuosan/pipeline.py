@@ -13,7 +13,7 @@ every later draw, so sample i is the same whatever the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -22,11 +22,12 @@ from torch import Tensor, nn
 
 from .checkpoint import load_config, load_state_dict_strict, load_weights
 from .data import DataInfo, denormalize
+from .edit import composite, feather_mask, inpaint_windows, mask_from_image, sdedit
 from .errors import KuosanError
 from .guidance import cfg_model
-from .images import to_pil
+from .images import pil_to_uint8, to_pil
 from .models import build_model
-from .samplers import sample
+from .samplers import Generators, sample
 from .schedule import NoiseSchedule
 
 
@@ -57,9 +58,10 @@ class Pipeline:
     """A denoiser, its noise schedule and what its outputs mean."""
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, prediction: str, info: DataInfo,
-                 config: dict, device: torch.device, name: str = "") -> None:
+                 config: dict, device: torch.device, name: str = "", path: Path | None = None) -> None:
         self.model, self.schedule, self.prediction = model, schedule, prediction
         self.info, self.config, self.device, self.name = info, config, device, name
+        self.path = path  # the checkpoint folder it was loaded from
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto") -> Pipeline:
@@ -82,7 +84,8 @@ class Pipeline:
         load_state_dict_strict(model, tensors, str(path))
         dev = pick_device(device)
         model.to(dev).eval().requires_grad_(False)
-        return cls(model, schedule, config.get("prediction", "eps"), info, config, dev, name=path.name)
+        return cls(model, schedule, config.get("prediction", "eps"), info, config, dev, name=path.name,
+                   path=path)
 
     @property
     def is_text_conditioned(self) -> bool:
@@ -92,36 +95,184 @@ class Pipeline:
     def clip_x0(self) -> bool:
         return bool(self.config.get("sampling", {}).get("clip_x0", self.info.kind == "image"))
 
+    @property
+    def default_guidance(self) -> float:
+        """The checkpoint's guidance scale (config.json "sampling" → "guidance"), else 3."""
+        return float(self.config.get("sampling", {}).get("guidance", 3.0))
+
+    def conditioned(self, captions: Sequence[str], negative_prompt: str | None = None,
+                    guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The model (x_t, t) ↦ output for a batch with these captions (one per row), guided
+        with ``guidance_scale`` (default :attr:`default_guidance`; 1 = none) against the empty
+        caption or ``negative_prompt``. A model without text takes only empty captions."""
+        if not self.is_text_conditioned:
+            if any(captions) or negative_prompt:
+                raise KuosanError(f"'{self.name}' is not a text-to-image model: it takes no prompt "
+                                  f"(use a model trained with --text-encoder)")
+            return self.model
+        scale = self.default_guidance if guidance_scale is None else guidance_scale
+        if not any(captions) and not negative_prompt:
+            scale = 1.0  # the condition is the null condition: guidance would change nothing
+        uncond = self.model.encode([negative_prompt or ""]) if scale != 1.0 else {}
+        return cfg_model(self.model, self.model.encode(list(captions)), uncond, scale)
+
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str] = "", *, num_images_per_prompt: int = 1,
-                 num_inference_steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
+                 num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
                  sampler: str = "dpmpp_2m", negative_prompt: str | None = None,
                  batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
         """Images for a prompt (or a list of prompts), diffusers' argument names.
 
-        Classifier-free guidance with ``guidance_scale`` (1 = none); the unconditional branch is
-        the empty caption, or ``negative_prompt``. Image i of the output (prompts in order, each
-        repeated ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
+        Classifier-free guidance with ``guidance_scale`` (1 = none; default: the checkpoint's,
+        :attr:`default_guidance`); the unconditional branch is the empty caption, or
+        ``negative_prompt``. Image i of the output (prompts in order, each repeated
+        ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
         """
         if not self.is_text_conditioned:
-            if prompt or negative_prompt:
-                raise KuosanError(f"'{self.name}' is not a text-to-image model: it takes no prompt "
-                                  f"(use sample, or a model trained with --text-encoder)")
+            self.conditioned([prompt] if isinstance(prompt, str) else list(prompt), negative_prompt)
             x = self.sample(num_images_per_prompt, sampler=sampler, num_inference_steps=num_inference_steps,
                             seed=seed, batch_size=batch_size, progress=progress, **sampler_kwargs)
             return self.to_images(x)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if num_images_per_prompt < 1:
-            raise KuosanError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        _check_count("num_images_per_prompt", num_images_per_prompt)
         captions = [p for p in prompts for _ in range(num_images_per_prompt)]
-        uncond = self.model.encode([negative_prompt or ""])
         out = []
         for start in range(0, len(captions), batch_size):
             chunk = captions[start:start + batch_size]
-            model = cfg_model(self.model, self.model.encode(chunk), uncond, guidance_scale)
+            model = self.conditioned(chunk, negative_prompt, guidance_scale)
             out.append(self._sample_with(model, len(chunk), seed + start, sampler, num_inference_steps,
                                          progress, sampler_kwargs))
         return self.to_images(torch.cat(out))
+
+    # -- editing (kuosan.edit): inpaint, outpaint, vary, img2img --
+
+    def _pixels(self, image: Image.Image, what: str, any_size: bool = False) -> Tensor:
+        """A PIL image as uint8 pixels (C, H, W) in the model's channels (RGBA on white, gray
+        to RGB or RGB to gray as the model needs); the model's size unless ``any_size`` (then
+        at least that size)."""
+        if not isinstance(image, Image.Image):
+            raise KuosanError(f"{what} must be a PIL image, got {type(image).__name__}")
+        if self.info.kind != "image":
+            raise KuosanError(f"'{self.name}' models vectors ({self.info.name}), not images")
+        c, h, w = self.info.shape
+        iw, ih = image.size
+        if any_size and (iw < w or ih < h):
+            raise KuosanError(f"{what} is {iw}×{ih}, smaller than the model's {w}×{h} images")
+        if not any_size and (iw, ih) != (w, h):
+            raise KuosanError(f"{what} is {iw}×{ih}, but '{self.name}' makes {w}×{h} images: "
+                              f"resize it first")
+        return pil_to_uint8(image, c)
+
+    def _edit_batches(self, n: int, seed: int, generator: Generators, batch_size: int
+                      ) -> list[tuple[int, Generators]]:
+        """(batch size, generators) per batch: image i seeded seed + i, or the given generator
+        (one torch.Generator for all n in one batch, or a list of n, one per image)."""
+        _check_count("the number of images", n)
+        if generator is None:
+            return [(min(batch_size, n - s), [torch.Generator().manual_seed(seed + s + i)
+                                              for i in range(min(batch_size, n - s))])
+                    for s in range(0, n, batch_size)]
+        if isinstance(generator, torch.Generator):
+            return [(n, generator)]
+        if len(generator) != n:
+            raise KuosanError(f"{len(generator)} generators for {n} images")
+        return [(min(batch_size, n - s), list(generator[s:s + batch_size])) for s in range(0, n, batch_size)]
+
+    def _sampling(self, sampler: str, steps: int, generator: Generators, progress: bool,
+                  extra: dict) -> dict:
+        return {"schedule": self.schedule, "prediction": self.prediction, "sampler": sampler,
+                "steps": steps, "generator": generator, "clip_x0": self.clip_x0,
+                "device": self.device, "progress": progress, **extra}
+
+    @torch.no_grad()
+    def inpaint(self, image: Image.Image, mask_image: Image.Image, prompt: str = "", *,
+                num_images_per_prompt: int = 1, num_inference_steps: int = 20,
+                guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
+                sampler: str = "dpmpp_2m", negative_prompt: str | None = None, resample: int = 1,
+                feather: float = 0.0, batch_size: int = 64, progress: bool = False,
+                **sampler_kwargs) -> list[Image.Image]:
+        """Repaint the white part of ``mask_image`` so that it fits the rest of ``image`` and,
+        with a ``prompt``, shows it; as in DALL·E 2 the prompt describes the whole edited image.
+
+        Pixels outside the mask come back exactly as given (in the model's mode); ``feather``
+        (pixels) blends the repainted part softly into the original just inside the mask's
+        edge. ``resample`` > 1 adds RePaint's resampling ("ddpm" or "ddim" samplers only). An
+        image larger than the model's size is repainted window by window. The mask must match
+        the image's size and be black-and-white (:func:`kuosan.edit.mask_from_image`).
+        """
+        pixels = self._pixels(image, "image", any_size=True)
+        mask = mask_from_image(mask_image, image.size, "mask_image")
+        return self._inpaint_pixels(pixels, mask, prompt, num_images_per_prompt, num_inference_steps,
+                                    guidance_scale, seed, generator, sampler, negative_prompt,
+                                    resample, feather, batch_size, progress, sampler_kwargs)
+
+    def _inpaint_pixels(self, pixels: Tensor, mask: Tensor, prompt: str, n: int, steps: int,
+                        guidance_scale: float | None, seed: int, generator: Generators, sampler: str,
+                        negative_prompt: str | None, resample: int, feather: float,
+                        batch_size: int, progress: bool, extra: dict) -> list[Image.Image]:
+        soft = feather_mask(mask, feather)
+        window = self.info.shape[-1]
+        out = []
+        for b, gens in self._edit_batches(n, seed, generator, batch_size):
+            model = self.conditioned([prompt] * b, negative_prompt, guidance_scale)
+            canvas = (pixels.float() / 127.5 - 1)[None].expand(b, -1, -1, -1)
+            painted = inpaint_windows(model, canvas, mask, window, resample=resample,
+                                      **self._sampling(sampler, steps, gens, progress, extra))
+            generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            out.extend(composite(pixels, generated, soft))
+        return [_pil(p) for p in out]
+
+    @torch.no_grad()
+    def outpaint(self, image: Image.Image, *, left: int = 0, top: int = 0, right: int = 0,
+                 bottom: int = 0, prompt: str = "", num_images_per_prompt: int = 1,
+                 num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
+                 generator: Generators = None, sampler: str = "dpmpp_2m",
+                 negative_prompt: str | None = None, resample: int = 1, batch_size: int = 64,
+                 progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
+        """Extend ``image`` by ``left``/``top``/``right``/``bottom`` pixels: inpainting of the new
+        border on the larger canvas, window by window (each window sees the most known pixels it
+        can), with ``prompt`` for every window. The original pixels are kept exactly."""
+        pads = {"left": left, "top": top, "right": right, "bottom": bottom}
+        for name, value in pads.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise KuosanError(f"{name} must be a number of pixels >= 0, got {value!r}")
+        if not any(pads.values()):
+            raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")
+        pixels = self._pixels(image, "image", any_size=True)
+        c, h, w = pixels.shape
+        canvas = torch.full((c, h + top + bottom, w + left + right), 128, dtype=torch.uint8)
+        canvas[:, top:top + h, left:left + w] = pixels
+        mask = torch.ones((1, *canvas.shape[1:]), dtype=torch.bool)
+        mask[:, top:top + h, left:left + w] = False
+        return self._inpaint_pixels(canvas, mask, prompt, num_images_per_prompt, num_inference_steps,
+                                    guidance_scale, seed, generator, sampler, negative_prompt,
+                                    resample, 0.0, batch_size, progress, sampler_kwargs)
+
+    @torch.no_grad()
+    def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = 0.7,
+                num_images_per_prompt: int = 1, num_inference_steps: int = 20,
+                guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
+                sampler: str = "dpmpp_2m", negative_prompt: str | None = None,
+                batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
+        """SDEdit (:func:`kuosan.edit.sdedit`): noise ``image`` to ``strength`` (0: returned as
+        is; 1: ignored, the result is ``generate``'s for the same seed) and denoise it towards
+        ``prompt``; about strength·steps steps run."""
+        x0 = self._pixels(image, "image").float() / 127.5 - 1
+        out = []
+        for b, gens in self._edit_batches(num_images_per_prompt, seed, generator, batch_size):
+            model = self.conditioned([prompt] * b, negative_prompt, guidance_scale)
+            out.append(sdedit(model, x0[None].expand(b, -1, -1, -1).contiguous(), strength,
+                              **self._sampling(sampler, num_inference_steps, gens, progress,
+                                               sampler_kwargs)).float().cpu())
+        return self.to_images(torch.cat(out))
+
+    def vary(self, image: Image.Image, *, num_images: int = 4, strength: float = 0.6,
+             prompt: str = "", **kwargs) -> list[Image.Image]:
+        """``num_images`` variations of ``image``: the same composition and content, other
+        details; ``strength`` from 0 (the image itself) to 1 (ignores it); an optional
+        ``prompt`` guides them. Other arguments as :meth:`img2img`."""
+        return self.img2img(image, prompt, strength=strength, num_images_per_prompt=num_images,
+                            **kwargs)
 
     def _sample_with(self, model: nn.Module, b: int, seed: int, sampler: str, steps: int | None,
                      progress: bool, sampler_kwargs: dict) -> Tensor:
@@ -136,8 +287,7 @@ class Pipeline:
                seed: int = 0, batch_size: int = 256, progress: bool = False, **sampler_kwargs) -> Tensor:
         """``n`` samples in model space, (n, *shape), on the CPU (unconditional: a text model is
         given the empty caption)."""
-        if n < 1:
-            raise KuosanError(f"number of samples must be >= 1, got {n}")
+        _check_count("number of samples", n)
         model = self.model
         if self.is_text_conditioned:
             model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
@@ -157,3 +307,14 @@ class Pipeline:
     def to_data(self, x: Tensor) -> Tensor:
         """Samples in model space → data space (pixels in [0, 1], or the toy's own units)."""
         return denormalize(x, self.info.normalization)
+
+
+def _check_count(what: str, n: object) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise KuosanError(f"{what} must be an integer >= 1, got {n!r}")
+
+
+def _pil(pixels: Tensor) -> Image.Image:
+    """uint8 (C, H, W) → PIL ('L' or 'RGB')."""
+    v = pixels.numpy()
+    return Image.fromarray(v[0] if v.shape[0] == 1 else v.transpose(1, 2, 0))

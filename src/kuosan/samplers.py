@@ -288,11 +288,20 @@ def sample_ddim(
         x0 = denoiser(x, torch.tensor(sigma))
         if sigma_next == 0:
             return final_step(x, x0, sigma, final)
-        sigma_up = ddim_sigma_up(sigma, sigma_next, eta)
-        sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
-        x = x0 + (sigma_down / sigma) * (x - x0)
-        if sigma_up > 0:
-            x = x + sigma_up * _randn_like(x, generator)
+        x = ddim_step(x, x0, sigma, sigma_next, eta, generator)
+    return x
+
+
+def ddim_step(x: Tensor, x0: Tensor, sigma: float, sigma_next: float, eta: float,
+              generator: Generators = None) -> Tensor:
+    """One DDIM step from σ to σ_next > 0 given x̂_0 = D(x; σ):
+    x' = x̂_0 + (σ_down/σ)·(x − x̂_0) + σ_up·z, σ_down = √(σ_next² − σ_up²), σ_up from
+    :func:`ddim_sigma_up`; z is drawn only when σ_up > 0."""
+    sigma_up = ddim_sigma_up(sigma, sigma_next, eta)
+    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    x = x0 + (sigma_down / sigma) * (x - x0)
+    if sigma_up > 0:
+        x = x + sigma_up * _randn_like(x, generator)
     return x
 
 
@@ -593,7 +602,12 @@ def model_evaluations(sampler: str, steps: int) -> int:
 
 
 def sigmas_for(schedule: NoiseSchedule, sampler: str, steps: int, spacing: str | None = None) -> Tensor:
-    """The σ grid (steps + 1 values, ending at 0) for ``sampler`` with the named ``spacing``."""
+    """The σ grid (steps + 1 values, ending at 0) for ``sampler`` with the named ``spacing``;
+    for "ddpm", σ at its integer timesteps (:func:`timesteps_uniform`), then 0."""
+    if sampler == "ddpm":
+        if spacing not in (None, "uniform_t"):
+            raise KuosanError(f"the ddpm sampler runs on uniform integer timesteps, not spacing {spacing!r}")
+        return _append_zero(schedule.sigma_at(timesteps_uniform(schedule, steps).double()))
     spacing = DEFAULT_SPACING.get(sampler, "uniform_t") if spacing is None else spacing
     if spacing not in SPACINGS:
         raise KuosanError(f"unknown spacing {spacing!r}: expected one of {', '.join(SPACINGS)}")
@@ -617,6 +631,7 @@ def sample(
     clip_x0: bool = False,
     device: torch.device | str | None = None,
     progress: bool = False,
+    start_step: int = 0,
 ) -> Tensor:
     """Draw samples of ``shape`` from ``model`` and return the final x_0 estimate.
 
@@ -629,6 +644,10 @@ def sample(
     ``final_step`` ("trapezoid" or "denoise", default per sampler: :data:`DEFAULT_FINAL_STEP`) is
     the last step from σ_min to 0 of the samplers in :data:`WITH_FINAL_STEP` (:func:`final_step`).
     ``clip_x0`` clamps x̂_0 to [−1, 1]. Model evaluations: :func:`model_evaluations`.
+
+    ``start_step`` = k > 0 skips the grid's first k steps (SDEdit, image-to-image): the sampler
+    runs the last ``steps − k`` steps from level σ_k = ``sigmas_for(…)[k]``, and ``x_T`` (required)
+    is the VP variable at that level, x_t = (x_0 + σ_k·ε)/√(1 + σ_k²).
     """
     if sampler not in SAMPLERS:
         raise KuosanError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
@@ -641,17 +660,21 @@ def sample(
             raise KuosanError(f"final_step applies to the {', '.join(WITH_FINAL_STEP)} samplers, "
                               f"not {sampler!r}")
         check_final_step(final_step)
+    steps = (schedule.T if sampler == "ddpm" else 20) if steps is None else steps
+    if not isinstance(start_step, int) or not 0 <= start_step < steps:
+        raise KuosanError(f"start_step must be an integer in [0, {steps - 1}], got {start_step!r}")
     if x_T is None:
+        if start_step:
+            raise KuosanError("start_step > 0 needs x_T, the noisy start at that level")
         x_T = randn(shape, generator)
     elif tuple(x_T.shape) != tuple(shape):
         raise KuosanError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     x = x_T.to(device) if device is not None else x_T
     denoiser = Denoiser(model, schedule, prediction, clip_x0)
     if sampler == "ddpm":
-        steps = schedule.T if steps is None else steps
-        return sample_ddpm(denoiser, x, timesteps_uniform(schedule, steps), generator=generator,
-                           progress=progress)
-    sigmas = sigmas_for(schedule, sampler, 20 if steps is None else steps, spacing)
+        return sample_ddpm(denoiser, x, timesteps_uniform(schedule, steps)[start_step:],
+                           generator=generator, progress=progress)
+    sigmas = sigmas_for(schedule, sampler, steps, spacing)[start_step:]
     kwargs: dict = {"progress": progress}
     if final_step is not None:
         kwargs["final"] = final_step
