@@ -237,6 +237,16 @@ def test_pipeline_inpaint_keeps_pixels_and_seeds(tiny_text_run):
     alone = pipe.inpaint(image, corner_mask(), "a red circle to the left of a blue square",
                          num_images_per_prompt=3, batch_size=1, **kwargs)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out, alone, strict=True))
+    other = Image.fromarray(np.asarray(image)[::-1].copy())
+    together = pipe.inpaint([image, other], [corner_mask(), corner_mask().transpose(Image.FLIP_LEFT_RIGHT)],
+                            ["a red circle", "a blue square"], **kwargs)
+    first = pipe.inpaint(image, corner_mask(), "a red circle", **kwargs)[0]
+    second = pipe.inpaint(other, corner_mask().transpose(Image.FLIP_LEFT_RIGHT), "a blue square",
+                          **{**kwargs, "seed": kwargs["seed"] + 1})[0]
+    assert np.array_equal(np.asarray(together[0]), np.asarray(first))
+    assert np.array_equal(np.asarray(together[1]), np.asarray(second))
+    with pytest.raises(KuosanError, match="2 prompts for 3 edits"):
+        pipe.inpaint([image] * 3, corner_mask(), ["a", "b"])
     feathered = pipe.inpaint(image, corner_mask(), feather=4, **kwargs)[0]
     assert np.array_equal(np.asarray(feathered)[:16], src[:16])
     repainted = pipe.inpaint(image, corner_mask(), sampler="ddpm", resample=2, **kwargs)[0]

@@ -117,6 +117,28 @@ def save_checkpoint(
         write_json(folder / STATE_JSON, {**state_json, "step": step})
 
 
+def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "ema",
+                      half: bool = True, sampling: Mapping[str, Any] | None = None) -> Path:
+    """A slim inference checkpoint from a training run: ``config.json`` (with ``sampling``
+    defaults merged in, e.g. {"guidance": 3.0}) and ``model.safetensors`` holding the ``weights``
+    ("ema" or "model"), floating tensors in float16 when ``half`` (they load into the float32
+    model). ``dest`` must not hold a checkpoint already."""
+    source, dest = Path(source), Path(dest)
+    config = load_config(source)
+    tensors, step = load_weights(source, weights)
+    if (dest / CONFIG).exists():
+        raise KuosanError(f"'{dest}' already holds a checkpoint: choose another --out")
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    config["sampling"] = {**config.get("sampling", {}), **(sampling or {})}
+    config["exported"] = {"from": str(source), "weights": weights, "step": step,
+                          "dtype": "float16" if half else "as trained"}
+    dest.mkdir(parents=True, exist_ok=True)
+    write_tensors(dest / MODEL, tensors, step or 0)
+    write_json(dest / CONFIG, config)
+    return dest
+
+
 # ---- loading -----------------------------------------------------------------------------------
 
 

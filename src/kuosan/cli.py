@@ -514,6 +514,36 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export ------------------------------------------------------------------------------------
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="a slim checkpoint for sampling (EMA weights, fp16)",
+        description="Write a slim inference checkpoint of a training run: config.json and one "
+                    "model.safetensors (the EMA weights by default, in float16 unless --fp32), "
+                    "without the optimizer state. Every kuosan command loads it like the run itself.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", type=Path, help="checkpoint folder of a training run")
+    p.add_argument("--out", type=Path, required=True, help="folder to write")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="the default guidance scale that generate and the edit commands use")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .checkpoint import MODEL, export_checkpoint
+
+    sampling = {} if args.guidance is None else {"guidance": args.guidance}
+    out = export_checkpoint(args.model, args.out, weights=args.weights, half=not args.fp32,
+                            sampling=sampling)
+    size = (out / MODEL).stat().st_size / 2**20
+    print(f"kuosan: exported {args.weights} weights of '{args.model}' to {out} ({size:.1f} MiB)")
+    return 0
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -527,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_edit(sub)
     add_eval(sub)
+    add_export(sub)
     return parser
 
 

@@ -213,17 +213,18 @@ def window_plan(todo: Tensor, window: int, stride: int | None = None) -> list[tu
 @torch.no_grad()
 def inpaint_windows(model: ModelFn, canvas: Tensor, mask: Tensor, window: int, **inpaint_kwargs
                     ) -> Tensor:
-    """Inpaint ``mask`` (1, H, W) bool of ``canvas`` (B, C, H, W) of any size ≥ ``window`` with
-    model-sized windows (:func:`window_plan`); each window repaints only its pixels still to
-    paint, seeing everything painted or known before it. Returns the canvas (model space)."""
+    """Inpaint ``mask`` (B or 1, 1, H, W) bool of ``canvas`` (B, C, H, W) of any size ≥
+    ``window`` with model-sized windows, planned on the union of the masks
+    (:func:`window_plan`); each window repaints only its pixels still to paint, seeing
+    everything painted or known before it. Returns the canvas (model space)."""
     canvas = canvas.clone()
-    todo = mask[0].clone()
-    for top, left in window_plan(todo, window):
+    todo = mask.expand(canvas.shape[0], 1, *mask.shape[2:]).clone()
+    for top, left in window_plan(todo.any(0)[0], window):
         rows, cols = slice(top, top + window), slice(left, left + window)
-        cell_mask = todo[rows, cols][None, None].float()
+        cell_mask = todo[:, :, rows, cols].float()
         painted = inpaint(model, canvas[:, :, rows, cols], cell_mask, **inpaint_kwargs).cpu()
         canvas[:, :, rows, cols] = cell_mask * painted.float() + (1 - cell_mask) * canvas[:, :, rows, cols]
-        todo[rows, cols] = False
+        todo[:, :, rows, cols] = False
     return canvas
 
 

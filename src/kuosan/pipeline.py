@@ -47,11 +47,22 @@ def resolve_model(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.exists() or len(path.parts) != 1:
         return path
-    bundled = Path(__file__).parent / "bundled" / path.name
-    if bundled.is_dir():
+    bundled = BUNDLED / path.name
+    if (bundled / "config.json").is_file():
         return bundled
+    names = ", ".join(bundled_models()) or "none"
     raise KuosanError(f"'{name_or_path}' is neither a checkpoint folder nor a model bundled with "
-                      f"this kuosan version (none is bundled yet)")
+                      f"this kuosan version (bundled: {names})")
+
+
+BUNDLED = Path(__file__).parent / "bundled"  # models shipped in the package, a folder each
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped with the package (``Pipeline.load(name)``)."""
+    if not BUNDLED.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED.iterdir() if (p / "config.json").is_file())
 
 
 class Pipeline:
@@ -185,7 +196,8 @@ class Pipeline:
                 "device": self.device, "progress": progress, **extra}
 
     @torch.no_grad()
-    def inpaint(self, image: Image.Image, mask_image: Image.Image, prompt: str = "", *,
+    def inpaint(self, image: Image.Image | Sequence[Image.Image],
+                mask_image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str] = "", *,
                 num_images_per_prompt: int = 1, num_inference_steps: int = 20,
                 guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
                 sampler: str = "dpmpp_2m", negative_prompt: str | None = None, resample: int = 1,
@@ -199,27 +211,46 @@ class Pipeline:
         edge. ``resample`` > 1 adds RePaint's resampling ("ddpm" or "ddim" samplers only). An
         image larger than the model's size is repainted window by window. The mask must match
         the image's size and be black-and-white (:func:`kuosan.edit.mask_from_image`).
+        Lists of images (of one size), masks and prompts, of equal lengths, edit many at once;
+        output image i (each input repeated ``num_images_per_prompt`` times) is seeded seed + i.
         """
-        pixels = self._pixels(image, "image", any_size=True)
-        mask = mask_from_image(mask_image, image.size, "mask_image")
-        return self._inpaint_pixels(pixels, mask, prompt, num_images_per_prompt, num_inference_steps,
-                                    guidance_scale, seed, generator, sampler, negative_prompt,
-                                    resample, feather, batch_size, progress, sampler_kwargs)
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        masks = [mask_image] if isinstance(mask_image, Image.Image) else list(mask_image)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        count = max(len(images), len(masks), len(prompts))
+        for what, items in (("image", images), ("mask_image", masks), ("prompt", prompts)):
+            if len(items) not in (1, count):
+                raise KuosanError(f"inpaint: {len(items)} {what}s for {count} edits: give one or {count}")
+        if len({im.size for im in images}) > 1:
+            raise KuosanError("inpaint: the images of one call must have one size")
+        pixels = torch.stack([self._pixels(im, "image", any_size=True) for im in images])
+        mask = torch.stack([mask_from_image(m, images[0].size, "mask_image") for m in masks])
+        _check_count("num_images_per_prompt", num_images_per_prompt)
+        edit = torch.arange(count).repeat_interleave(num_images_per_prompt)  # edit of each output
+        return self._inpaint_pixels(pixels[edit % len(pixels)], mask[edit % len(mask)],
+                                    [prompts[i % len(prompts)] for i in edit.tolist()],
+                                    num_inference_steps, guidance_scale, seed, generator, sampler,
+                                    negative_prompt, resample, feather, batch_size, progress,
+                                    sampler_kwargs)
 
-    def _inpaint_pixels(self, pixels: Tensor, mask: Tensor, prompt: str, n: int, steps: int,
+    def _inpaint_pixels(self, pixels: Tensor, mask: Tensor, prompts: list[str], steps: int,
                         guidance_scale: float | None, seed: int, generator: Generators, sampler: str,
                         negative_prompt: str | None, resample: int, feather: float,
                         batch_size: int, progress: bool, extra: dict) -> list[Image.Image]:
-        soft = feather_mask(mask, feather)
+        """Inpaint uint8 ``pixels`` (N, C, H, W) where ``mask`` (N, 1, H, W) is True, row i with
+        ``prompts[i]``; then composite, exact outside the mask."""
         window = self.info.shape[-1]
-        out = []
-        for b, gens in self._edit_batches(n, seed, generator, batch_size):
-            model = self.conditioned([prompt] * b, negative_prompt, guidance_scale)
-            canvas = (pixels.float() / 127.5 - 1)[None].expand(b, -1, -1, -1)
-            painted = inpaint_windows(model, canvas, mask, window, resample=resample,
+        out, start = [], 0
+        for b, gens in self._edit_batches(len(prompts), seed, generator, batch_size):
+            rows = slice(start, start + b)
+            start += b
+            model = self.conditioned(prompts[rows], negative_prompt, guidance_scale)
+            painted = inpaint_windows(model, pixels[rows].float() / 127.5 - 1, mask[rows], window,
+                                      resample=resample,
                                       **self._sampling(sampler, steps, gens, progress, extra))
             generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            out.extend(composite(pixels, generated, soft))
+            soft = torch.stack([feather_mask(m, feather) for m in mask[rows]])
+            out.extend(composite(pixels[rows], generated, soft))
         return [_pil(p) for p in out]
 
     @torch.no_grad()
@@ -240,13 +271,16 @@ class Pipeline:
             raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")
         pixels = self._pixels(image, "image", any_size=True)
         c, h, w = pixels.shape
+        _check_count("num_images_per_prompt", num_images_per_prompt)
         canvas = torch.full((c, h + top + bottom, w + left + right), 128, dtype=torch.uint8)
         canvas[:, top:top + h, left:left + w] = pixels
         mask = torch.ones((1, *canvas.shape[1:]), dtype=torch.bool)
         mask[:, top:top + h, left:left + w] = False
-        return self._inpaint_pixels(canvas, mask, prompt, num_images_per_prompt, num_inference_steps,
-                                    guidance_scale, seed, generator, sampler, negative_prompt,
-                                    resample, 0.0, batch_size, progress, sampler_kwargs)
+        n = num_images_per_prompt
+        return self._inpaint_pixels(canvas.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1),
+                                    [prompt] * n, num_inference_steps, guidance_scale, seed,
+                                    generator, sampler, negative_prompt, resample, 0.0, batch_size,
+                                    progress, sampler_kwargs)
 
     @torch.no_grad()
     def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = 0.7,
