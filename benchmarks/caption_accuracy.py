@@ -67,7 +67,6 @@ GROUP_TITLES = {"single": "single", "pair": "pair", "count": "count", "heldout":
                 "all": "all"}
 TARGETS = {"single": 0.90, "pair": 0.70, "heldout": 0.50}
 TARGET_STEPS = 20
-DEFAULT_GUIDANCE = 3.0
 GRID_IMAGES = 16
 
 
@@ -130,11 +129,6 @@ def group_indices(captions: list[Caption]) -> dict[str, list[int]]:
 # ---- models ----------------------------------------------------------------------------------------
 
 
-def default_guidance(pipe: Pipeline) -> float:
-    """The checkpoint's own guidance scale (``config["sampling"]["guidance"]``), else 3."""
-    return float(pipe.config.get("sampling", {}).get("guidance", DEFAULT_GUIDANCE))
-
-
 def encoder_type(pipe: Pipeline) -> str:
     enc = pipe.config.get("text_encoder") or {}
     return str(enc.get("type", "?")) if isinstance(enc, dict) else str(enc)
@@ -158,7 +152,7 @@ def load_text_model(path: Path, device: str) -> Pipeline:
 def settings_for(pipe: Pipeline, steps: list[int], guidance: list[float]) -> list[tuple[int, float]]:
     """(steps, guidance) pairs to run: the grid, plus the targets setting when 20 steps is in it."""
     grid = [(s, g) for s in steps for g in guidance]
-    target = (TARGET_STEPS, default_guidance(pipe))
+    target = (TARGET_STEPS, pipe.default_guidance)
     if TARGET_STEPS in steps and not any(s == target[0] and math.isclose(g, target[1])
                                          for s, g in grid):
         grid.append(target)
@@ -166,7 +160,7 @@ def settings_for(pipe: Pipeline, steps: list[int], guidance: list[float]) -> lis
 
 
 def is_target(pipe: Pipeline, steps: int, guidance: float) -> bool:
-    return steps == TARGET_STEPS and math.isclose(guidance, default_guidance(pipe))
+    return steps == TARGET_STEPS and math.isclose(guidance, pipe.default_guidance)
 
 
 def evaluate(pipe: Pipeline, label: str, captions: list[Caption], steps: int, guidance: float,
@@ -230,7 +224,7 @@ def tables(rows: list[Row]) -> str:
 
 
 def target_summary(label: str, pipe: Pipeline, rows: list[Row]) -> str:
-    g = default_guidance(pipe)
+    g = pipe.default_guidance
     mine = [r for r in rows if r.model == label and r.is_target]
     if not mine:
         return (f"- {label}: targets not measured ({TARGET_STEPS} steps is not in --steps; "
@@ -254,7 +248,7 @@ def nan_to_none(obj: Any) -> Any:
 
 def grid_setting(pipe: Pipeline, settings: list[tuple[int, float]]) -> tuple[int, float]:
     """The targets setting when it was run, else the most steps at the guidance nearest it."""
-    g = default_guidance(pipe)
+    g = pipe.default_guidance
     for s in settings:
         if is_target(pipe, *s):
             return s
@@ -359,7 +353,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "sampler": args.sampler,
         "seed": args.seed,
         "models": {label: {"path": str(path), "encoder": encoder_type(pipe),
-                           "default_guidance": default_guidance(pipe), "data": pipe.info.name}
+                           "default_guidance": pipe.default_guidance, "data": pipe.info.name}
                    for label, path, pipe in zip(labels, args.model, pipes, strict=True)},
     }
     summary = [target_summary(label, pipe, rows) for label, pipe in zip(labels, pipes, strict=True)]

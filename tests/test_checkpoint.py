@@ -88,8 +88,29 @@ def test_unknown_model_name_is_explained(tmp_path, monkeypatch):
     from kuosan.pipeline import resolve_model
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(KuosanError, match="neither a checkpoint folder nor a model bundled"):
-        resolve_model("shapes-32")
+    with pytest.raises(KuosanError, match=r"neither a checkpoint folder nor a model bundled.*shapes-32"):
+        resolve_model("no-such-model")
+    assert resolve_model("shapes-32").name == "shapes-32"  # the bundled model, from any folder
     (tmp_path / "mine").mkdir()
     assert resolve_model("mine") == tmp_path.joinpath("mine").relative_to(tmp_path)
     assert str(resolve_model("runs/x")) == "runs/x"  # a path is left to load_config's errors
+
+
+def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
+    from kuosan import Pipeline
+    from kuosan.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(data="digits", steps=2, batch_size=8, sample_every=0, save_every=0), run,
+          progress=False)
+    slim = ck.export_checkpoint(run, tmp_path / "slim", sampling={"guidance": 2.5})
+    assert sorted(p.name for p in slim.iterdir()) == ["config.json", "model.safetensors"]
+    tensors = load_file(slim / "model.safetensors")
+    assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    ema = load_file(run / "ema.safetensors")
+    assert all(torch.equal(v.half(), tensors[k]) for k, v in ema.items())
+    pipe = Pipeline.load(slim)
+    assert pipe.default_guidance == 2.5 and next(pipe.model.parameters()).dtype == torch.float32
+    assert pipe.sample(2, sampler="ddim", num_inference_steps=3).shape == (2, 1, 8, 8)
+    with pytest.raises(KuosanError, match="already holds a checkpoint"):
+        ck.export_checkpoint(run, slim)

@@ -89,8 +89,9 @@ def test_cli_generate_errors(run, tmp_path):
         return subprocess.run([sys.executable, "-m", "kuosan.cli", *args], capture_output=True,
                               text=True, timeout=120, check=False)
 
-    r = cli("generate", "a red circle", "--out", str(tmp_path / "x.png"))
-    assert r.returncode == 2 and "--model" in r.stderr and "Traceback" not in r.stderr
+    r = cli("generate", "a red circle", "--model", "no-such-model", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and "no-such-model" in r.stderr and "shapes-32" in r.stderr
+    assert "Traceback" not in r.stderr
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     r = cli("generate", "--from-png", str(plain))

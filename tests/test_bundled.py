@@ -1,0 +1,60 @@
+"""The bundled ShapesWorld model `shapes-32`: loads by name, offline, and draws what it is asked.
+
+The accuracy floors here are well under the benchmark's figures (benchmarks/results/
+caption_accuracy.md) so that they catch a broken model or a broken load, not noise; the seeds
+are fixed, so each check is deterministic on a given machine.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kuosan import Pipeline
+from kuosan.cli import main
+from kuosan.data.shapes import score
+from kuosan.pipeline import BUNDLED, bundled_models
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.load("shapes-32")
+
+
+def test_bundled_model_is_slim_and_text_conditioned(pipe):
+    assert "shapes-32" in bundled_models()
+    folder = BUNDLED / "shapes-32"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").stat().st_size < 20 * 2**20
+    config = json.loads((folder / "config.json").read_text())
+    assert config["exported"]["dtype"] == "float16" and config["text_encoder"]["type"] == "transformer"
+    assert pipe.is_text_conditioned and pipe.info.shape == (3, 32, 32)
+
+
+def test_bundled_model_draws_single_objects(pipe):
+    captions = ["a red circle", "a blue square", "a green triangle", "a yellow cross",
+                "a large purple circle", "a small orange square", "a cyan cross", "a red triangle"] * 2
+    images = pipe.generate(captions, num_inference_steps=20, seed=0)
+    ok = [score(img, c).satisfied for img, c in zip(images, captions, strict=True)]
+    assert np.mean(ok) >= 0.5, [c for c, y in zip(captions, ok, strict=True) if not y]
+
+
+def test_generate_without_model_uses_the_bundled_one(tmp_path):
+    out = tmp_path / "out.png"
+    assert main(["generate", "a small green cross at the bottom right", "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.size == (32, 32)
+    assert json.loads(img.text["kuosan"])["model"] == "shapes-32"
+
+
+def test_inpaint_with_the_bundled_model_keeps_the_rest(pipe):
+    from kuosan.data.shapes import Obj, Scene, render
+
+    image = render(Scene((Obj("circle", "red", "large", (9.0, 16.0), 14.0),), "white", 32))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[6:26, 18:32] = 255
+    out = pipe.inpaint(image, Image.fromarray(mask), "a red circle to the left of a blue square",
+                       num_images_per_prompt=4, seed=0)
+    for o in out:
+        assert np.array_equal(np.asarray(o)[:, :18], np.asarray(image)[:, :18])
