@@ -143,6 +143,24 @@ def test_resampling_needs_a_single_step_sampler():
                 sampler="dpmpp_2m", resample=3)
     with pytest.raises(KuosanError, match="resample"):
         inpaint(gm.model(SCHEDULE), known, torch.tensor([0.0, 1.0]), schedule=SCHEDULE, resample=0)
+    with pytest.raises(KuosanError, match="eta must be >= 0"):
+        inpaint(gm.model(SCHEDULE), known, torch.tensor([0.0, 1.0]), schedule=SCHEDULE,
+                sampler="ddim", resample=2, eta=-1.0)
+    with pytest.raises(KuosanError, match="final_step"):
+        inpaint(gm.model(SCHEDULE), known, torch.tensor([0.0, 1.0]), schedule=SCHEDULE,
+                sampler="ddim", resample=2, final_step="denoise")
+
+
+def test_inpaint_passes_sampler_options_through():
+    gm = correlated_gaussian()
+    known = torch.tensor([[1.5, 0.0]], dtype=torch.float64).repeat(4, 1)
+    mask = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    kwargs = {"schedule": SCHEDULE, "sampler": "unipc", "steps": 6, "clip_x0": False}
+    a = inpaint(gm.model(SCHEDULE), known, mask, generator=torch.Generator().manual_seed(0), **kwargs)
+    b = inpaint(gm.model(SCHEDULE), known, mask, generator=torch.Generator().manual_seed(0),
+                final_step="denoise", **kwargs)
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(b[:, 0].double(), known[:, 0], rtol=0, atol=1e-5)
 
 
 # ---- windows ------------------------------------------------------------------------------------
@@ -151,8 +169,9 @@ def test_resampling_needs_a_single_step_sampler():
 def test_window_plan_covers_everything_with_the_most_context_first():
     todo = torch.zeros(32, 48, dtype=torch.bool)
     todo[:, 32:] = True  # a 32×32 image extended by 16 on the right
+    assert window_plan(todo, 32) == [(0, 16)]  # half a window of context, all 16 columns painted
+    assert window_plan(todo, 32, context=0.75) == [(0, 8), (0, 16)]  # 24 known columns first
     plan = window_plan(todo, 32)
-    assert plan == [(0, 8), (0, 16)]  # first the window that sees 24 known columns
     covered = torch.zeros_like(todo)
     for top, left in plan:
         covered[top:top + 32, left:left + 32] = True
@@ -185,8 +204,12 @@ def test_sdedit_strength_ends_and_middle():
              - x0).norm(dim=1).mean().item() for s in (0.2, 0.5, 0.8)]
     assert dist[0] < dist[1] < dist[2], dist
     assert strength_start(0.6, 20) == 8 and strength_start(1.0, 20) == 0
+    assert strength_start(0.5, 5) == 2 and strength_start(0.01, 20) == 19  # ≥ 1 step when > 0
+    assert strength_start(0.0, 20) == 20
     with pytest.raises(KuosanError, match="strength"):
         strength_start(1.5, 20)
+    with pytest.raises(KuosanError, match="steps must be a positive integer"):
+        strength_start(0.5, 0)
 
 
 def test_start_step_runs_the_tail_of_the_grid():
@@ -274,6 +297,16 @@ def test_pipeline_edits_refuse_bad_inputs(tiny_text_run):
         pipe.outpaint(image, right=-4)
     with pytest.raises(KuosanError, match="strength"):
         pipe.vary(image, strength=2.0)
+    with pytest.raises(KuosanError, match="image must be a PIL image"):
+        pipe.inpaint("scene.png", corner_mask())
+    with pytest.raises(KuosanError, match="mask_image must be a PIL image"):
+        pipe.inpaint(image, np.zeros((32, 32)))
+    with pytest.raises(KuosanError, match="feather"):
+        pipe.inpaint(image, corner_mask(), feather=-2)
+    with pytest.raises(KuosanError, match="steps must be a positive integer"):
+        pipe.img2img(image, "a red circle", num_inference_steps=0)
+    with pytest.raises(KuosanError, match="batch_size"):
+        pipe.inpaint(image, corner_mask(), batch_size=0)
 
 
 def test_pipeline_outpaint_vary_img2img(tiny_text_run):
@@ -283,6 +316,14 @@ def test_pipeline_outpaint_vary_img2img(tiny_text_run):
     wide = pipe.outpaint(image, right=16, top=4, prompt="a red circle", num_inference_steps=2, seed=1)[0]
     assert wide.size == (48, 36)
     assert np.array_equal(np.asarray(wide)[4:, :32], src)
+    # on a canvas larger than the model, image i still does not depend on its batch-mates
+    big = Image.fromarray(np.tile(np.asarray(image), (1, 2, 1)))  # 64×32
+    left, right = np.zeros((32, 64), np.uint8), np.zeros((32, 64), np.uint8)
+    left[4:12, 2:10], right[20:28, 50:60] = 255, 255
+    masks = [Image.fromarray(left), Image.fromarray(right)]
+    both = pipe.inpaint([big, big], masks, num_inference_steps=2, seed=3)
+    alone = pipe.inpaint(big, masks[1], num_inference_steps=2, seed=4)
+    assert np.array_equal(np.asarray(both[1]), np.asarray(alone[0]))
     same = pipe.vary(image, num_images=2, strength=0.0, num_inference_steps=4)
     assert all(np.array_equal(np.asarray(v), src) for v in same)
     ignored = pipe.img2img(image, "a blue square", strength=1.0, num_inference_steps=3,

@@ -35,6 +35,7 @@ def _number(kind: type, minimum: float, strict: bool, what: str):
 positive_int = _number(int, 0, True, "a positive integer")
 non_negative_int = _number(int, 0, False, "an integer >= 0")
 positive_float = _number(float, 0.0, True, "a positive number")
+non_negative_float = _number(float, 0.0, False, "a number >= 0")
 
 
 # ---- train -------------------------------------------------------------------------------------
@@ -245,6 +246,10 @@ def _params_from_png(path: Path) -> dict:
         params = json.loads(text["kuosan"])
     except json.JSONDecodeError as err:
         raise KuosanError(f"--from-png: '{path}' has a damaged kuosan chunk: {err}") from None
+    missing = [k for k in ("prompt", "seed", "sampler", "steps", "guidance", "model")
+               if not isinstance(params, dict) or k not in params]
+    if missing:
+        raise KuosanError(f"--from-png: the kuosan chunk of '{path}' lacks {', '.join(missing)}")
     return params
 
 
@@ -319,16 +324,19 @@ def _write_images(images: list, args: argparse.Namespace, pipe, extra: dict) -> 
         return {"parameters": line, "kuosan": json.dumps(params)}
 
     out: Path = args.out
-    if out.suffix:  # one file: the image, or a grid of all of them
-        import torch
+    try:
+        if out.suffix:  # one file: the image, or a grid of all of them
+            import torch
 
-        from .images import from_pil, make_grid, to_pil
+            from .images import from_pil, make_grid, to_pil
 
-        img = images[0] if len(images) == 1 else to_pil(make_grid(torch.stack([from_pil(i) for i in images])))
-        save_png(img, out, metadata(args.seed, len(images), images[0].size))
-    else:
-        for i, img in enumerate(images):
-            save_png(img, out / f"{i:04d}.png", metadata(args.seed + i, 1, img.size))
+            img = images[0] if len(images) == 1 else to_pil(make_grid(torch.stack([from_pil(i) for i in images])))
+            save_png(img, out, metadata(args.seed, len(images), images[0].size))
+        else:
+            for i, img in enumerate(images):
+                save_png(img, out / f"{i:04d}.png", metadata(args.seed + i, 1, img.size))
+    except OSError as err:
+        raise KuosanError(f"--out '{out}': cannot write there ({err.strerror or err})") from None
 
 
 # ---- editing: inpaint, outpaint, vary, img2img ---------------------------------------------------
@@ -370,7 +378,7 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
                    help="black-and-white image of IMAGE's size: white = repaint, black = keep")
     p.add_argument("--resample", type=positive_int, default=1,
                    help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
-    p.add_argument("--feather", type=float, default=0.0,
+    p.add_argument("--feather", type=non_negative_float, default=0.0,
                    help="blend the seam over this many pixels inside the mask")
     p.set_defaults(func=run_edit)
 
@@ -405,7 +413,7 @@ def _open_image(path: Path, flag: str):
             return img.copy()
     except FileNotFoundError:
         raise KuosanError(f"{flag} '{path}': no such file") from None
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise KuosanError(f"{flag} '{path}': not a readable image ({err})") from None
 
 

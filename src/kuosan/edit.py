@@ -17,7 +17,7 @@ Everything here works in model space (images in [−1, 1], shape (B, C, H, W)) o
   paint with model-sized windows, each placed where it sees the most known pixels, and each
   window is inpainted in turn (what it paints is known to the next).
 - **Variations and image-to-image** (SDEdit, Meng et al. 2022): noise the image to the level
-  σ_k of step k = steps − round(strength·steps) of the sampler's grid and run the remaining
+  σ_k of step k = steps − ⌊strength·steps + ½⌋ of the sampler's grid and run the remaining
   steps (:func:`sdedit`). strength 0 returns the image, strength 1 starts from pure noise
   exactly as sampling does (the image is ignored).
 
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .errors import KuosanError
 from .samplers import (
@@ -129,41 +130,50 @@ def inpaint(model: ModelFn, known: Tensor, mask: Tensor, *, schedule: NoiseSched
             prediction: Prediction = "eps", sampler: str = "dpmpp_2m", steps: int = 20,
             generator: Generators = None, resample: int = 1, eta: float | None = None,
             spacing: str | None = None, clip_x0: bool = True,
-            device: torch.device | str | None = None, progress: bool = False) -> Tensor:
+            device: torch.device | str | None = None, progress: bool = False,
+            **sampler_kwargs) -> Tensor:
     """Repaint ``mask`` (1 = repaint, broadcastable to ``known``) of ``known`` (B, C, H, W) and
     return the sampler's x_0 (the known region is ≈ known; :func:`composite` makes it exact).
 
-    ``resample`` = 1 runs ``sample()`` on the pinned model (any sampler; model evaluations as
-    ``sample``). ``resample`` = r > 1 is RePaint (module docstring), for "ddpm" (η = 1) and "ddim"
-    (η = ``eta``, default 0): about steps·r model evaluations. The initial noise is drawn first,
-    as in ``sample``, so a seed gives the same result on every device.
+    ``resample`` = 1 runs ``sample()`` on the pinned model (any sampler and its options, e.g.
+    ``final_step``; model evaluations as ``sample``). ``resample`` = r > 1 is RePaint (module
+    docstring), for "ddpm" (η = 1) and "ddim" (η = ``eta``, default 0): about steps·r model
+    evaluations, the last step x̂_0. The initial noise is drawn first, as in ``sample``, so a
+    seed gives the same result on every device.
     """
-    if not isinstance(resample, int) or resample < 1:
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise KuosanError(f"resample must be an integer >= 1, got {resample!r}")
     pinned = pin_known(model, known, mask, schedule=schedule, prediction=prediction,
                        generator=generator)
     if resample == 1:
         return sample(pinned, tuple(known.shape), schedule=schedule, sampler=sampler, steps=steps,
                       generator=generator, prediction=prediction, eta=eta, spacing=spacing,
-                      clip_x0=clip_x0, device=device, progress=progress)
+                      clip_x0=clip_x0, device=device, progress=progress, **sampler_kwargs)
     if sampler not in RESAMPLE_SAMPLERS:
         raise KuosanError(f"resampling (resample={resample}) needs a single-step sampler: "
                           f"{' or '.join(RESAMPLE_SAMPLERS)}, not {sampler!r}")
+    if sampler_kwargs:
+        raise KuosanError(f"resampling takes no {', '.join(sorted(sampler_kwargs))} "
+                          f"(its last step is x̂_0)")
     if sampler == "ddpm" and eta is not None:
         raise KuosanError("eta applies to the ddim sampler, not 'ddpm' (ancestral: η = 1)")
     eta = 1.0 if sampler == "ddpm" else (0.0 if eta is None else eta)
+    if eta < 0:
+        raise KuosanError(f"DDIM's eta must be >= 0, got {eta}")
     sigmas = sigmas_for(schedule, sampler, steps, spacing).tolist()
     x = randn(known.shape, generator).to(device or known.device) * math.sqrt(1 + sigmas[0] ** 2)
     denoiser = Denoiser(pinned, schedule, prediction, clip_x0)
-    return repaint_loop(denoiser, x, sigmas, resample=resample, eta=eta, generator=generator)
+    return repaint_loop(denoiser, x, sigmas, resample=resample, eta=eta, generator=generator,
+                        progress=progress)
 
 
 def repaint_loop(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: list[float], *,
-                 resample: int, eta: float, generator: Generators) -> Tensor:
+                 resample: int, eta: float, generator: Generators, progress: bool = False) -> Tensor:
     """DDIM steps over the σ grid ``sigmas`` (ending at 0) from the VE x, each step taken
     ``resample`` times with a jump back to its start level between tries,
     x ← x + √(σ² − σ_next²)·z; the last step returns x̂_0."""
-    for sigma, sigma_next in itertools.pairwise(sigmas):
+    pairs = list(itertools.pairwise(sigmas))
+    for sigma, sigma_next in tqdm(pairs, disable=not progress, desc="repaint", leave=False):
         for attempt in range(resample):
             x0 = denoiser(x, torch.tensor(sigma))
             if sigma_next == 0:
@@ -178,12 +188,14 @@ def repaint_loop(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas
 # ---- windows over a larger canvas ------------------------------------------------------------
 
 
-def window_plan(todo: Tensor, window: int, stride: int | None = None) -> list[tuple[int, int]]:
+def window_plan(todo: Tensor, window: int, stride: int | None = None, context: float = 0.5
+                ) -> list[tuple[int, int]]:
     """Top-left corners of ``window``×``window`` windows that together cover every True pixel of
-    ``todo`` (H, W), in the order to paint them: each next window is, among those holding pixels
-    still to paint, the one that sees the most pixels already known (ties: the most to paint,
-    then top to bottom, left to right). Corners lie on a grid of ``stride`` (default window/4)
-    plus the far edges."""
+    ``todo`` (H, W), in the order to paint them. Each next window is, among those holding pixels
+    still to paint and seeing at least the fraction ``context`` of known pixels, the one with
+    the most to paint (fewer windows); when none sees that much, the one that sees the most
+    known pixels. Ties: top to bottom, left to right. Corners lie on a grid of ``stride``
+    (default window/4) plus the far edges."""
     h, w = todo.shape
     if h < window or w < window:
         raise KuosanError(f"the canvas ({w}×{h}) is smaller than the model's {window}×{window} images")
@@ -200,7 +212,9 @@ def window_plan(todo: Tensor, window: int, stride: int | None = None) -> list[tu
                 n_todo = int(cell.sum())
                 if n_todo == 0:
                     continue
-                key = (window * window - n_todo, n_todo, -top, -left)
+                known = window * window - n_todo
+                enough = known >= context * window * window
+                key = (enough, n_todo if enough else known, -top, -left)
                 if best_key is None or key > best_key:
                     best, best_key = (top, left), key
         assert best is not None
@@ -232,10 +246,14 @@ def inpaint_windows(model: ModelFn, canvas: Tensor, mask: Tensor, window: int, *
 
 
 def strength_start(strength: float, steps: int) -> int:
-    """The grid step SDEdit starts from: k = steps − round(strength·steps) (k = steps: none left)."""
-    if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+    """The grid step SDEdit starts from: k = steps − n with n = ⌊strength·steps + ½⌋ steps to
+    run, at least 1 for any strength > 0 (k = steps: none, the image itself)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise KuosanError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
         raise KuosanError(f"strength must be in [0, 1], got {strength!r}")
-    return steps - round(strength * steps)
+    run = math.floor(strength * steps + 0.5)
+    return steps - (max(run, 1) if strength > 0 else 0)
 
 
 @torch.no_grad()

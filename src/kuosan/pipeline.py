@@ -179,6 +179,7 @@ class Pipeline:
         """(batch size, generators) per batch: image i seeded seed + i, or the given generator
         (one torch.Generator for all n in one batch, or a list of n, one per image)."""
         _check_count("the number of images", n)
+        _check_count("batch_size", batch_size)
         if generator is None:
             return [(min(batch_size, n - s), [torch.Generator().manual_seed(seed + s + i)
                                               for i in range(min(batch_size, n - s))])
@@ -214,9 +215,10 @@ class Pipeline:
         Lists of images (of one size), masks and prompts, of equal lengths, edit many at once;
         output image i (each input repeated ``num_images_per_prompt`` times) is seeded seed + i.
         """
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        masks = [mask_image] if isinstance(mask_image, Image.Image) else list(mask_image)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        images = _as_list(image, Image.Image, "image", "a PIL image")
+        masks = _as_list(mask_image, Image.Image, "mask_image", "a PIL image")
+        prompts = _as_list("" if prompt is None else prompt, str, "prompt", "a string")
+        feather_mask(torch.zeros(1, 1, 1, dtype=torch.bool), feather)  # check it before any work
         count = max(len(images), len(masks), len(prompts))
         for what, items in (("image", images), ("mask_image", masks), ("prompt", prompts)):
             if len(items) not in (1, count):
@@ -240,18 +242,25 @@ class Pipeline:
         """Inpaint uint8 ``pixels`` (N, C, H, W) where ``mask`` (N, 1, H, W) is True, row i with
         ``prompts[i]``; then composite, exact outside the mask."""
         window = self.info.shape[-1]
-        out, start = [], 0
+        out: dict[int, Tensor] = {}
+        start = 0
         for b, gens in self._edit_batches(len(prompts), seed, generator, batch_size):
-            rows = slice(start, start + b)
+            rows = list(range(start, start + b))
             start += b
-            model = self.conditioned(prompts[rows], negative_prompt, guidance_scale)
-            painted = inpaint_windows(model, pixels[rows].float() / 127.5 - 1, mask[rows], window,
-                                      resample=resample,
-                                      **self._sampling(sampler, steps, gens, progress, extra))
-            generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            soft = torch.stack([feather_mask(m, feather) for m in mask[rows]])
-            out.extend(composite(pixels[rows], generated, soft))
-        return [_pil(p) for p in out]
+            # a canvas larger than a window is planned per mask, so that image i does not depend
+            # on the masks of its batch-mates (one window covers a model-sized canvas whatever
+            # the mask)
+            groups = [rows] if tuple(pixels.shape[-2:]) == (window, window) else _same_masks(mask, rows)
+            for group in groups:
+                g = [gens[i - rows[0]] for i in group] if isinstance(gens, list) else gens
+                model = self.conditioned([prompts[i] for i in group], negative_prompt, guidance_scale)
+                painted = inpaint_windows(model, pixels[group].float() / 127.5 - 1, mask[group], window,
+                                          resample=resample,
+                                          **self._sampling(sampler, steps, g, progress, extra))
+                generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                for i, pix, gen in zip(group, pixels[group], generated, strict=True):
+                    out[i] = composite(pix, gen, feather_mask(mask[i], feather))
+        return [_pil(out[i]) for i in range(len(prompts))]
 
     @torch.no_grad()
     def outpaint(self, image: Image.Image, *, left: int = 0, top: int = 0, right: int = 0,
@@ -269,6 +278,7 @@ class Pipeline:
                 raise KuosanError(f"{name} must be a number of pixels >= 0, got {value!r}")
         if not any(pads.values()):
             raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")
+        prompt = _as_list("" if prompt is None else prompt, str, "prompt", "a string")[0]
         pixels = self._pixels(image, "image", any_size=True)
         c, h, w = pixels.shape
         _check_count("num_images_per_prompt", num_images_per_prompt)
@@ -291,6 +301,7 @@ class Pipeline:
         """SDEdit (:func:`kuosan.edit.sdedit`): noise ``image`` to ``strength`` (0: returned as
         is; 1: ignored, the result is ``generate``'s for the same seed) and denoise it towards
         ``prompt``; about strength·steps steps run."""
+        prompt = _as_list("" if prompt is None else prompt, str, "prompt", "a string")[0]
         x0 = self._pixels(image, "image").float() / 127.5 - 1
         out = []
         for b, gens in self._edit_batches(num_images_per_prompt, seed, generator, batch_size):
@@ -352,3 +363,27 @@ def _pil(pixels: Tensor) -> Image.Image:
     """uint8 (C, H, W) → PIL ('L' or 'RGB')."""
     v = pixels.numpy()
     return Image.fromarray(v[0] if v.shape[0] == 1 else v.transpose(1, 2, 0))
+
+
+def _as_list(value: object, kind: type, what: str, described: str) -> list:
+    """``value`` as a list of ``kind`` (one item, or a list or tuple of them)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, kind):
+            raise KuosanError(f"{what} must be {described} or a list of them, got {type(item).__name__}")
+    if not items:
+        raise KuosanError(f"{what}: the list is empty")
+    return items
+
+
+def _same_masks(mask: Tensor, rows: list[int]) -> list[list[int]]:
+    """``rows`` grouped by equal masks (first appearance order)."""
+    groups: list[list[int]] = []
+    for i in rows:
+        for group in groups:
+            if torch.equal(mask[group[0]], mask[i]):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups

@@ -661,7 +661,8 @@ def sample(
                               f"not {sampler!r}")
         check_final_step(final_step)
     steps = (schedule.T if sampler == "ddpm" else 20) if steps is None else steps
-    if not isinstance(start_step, int) or not 0 <= start_step < steps:
+    _check_steps(steps)
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < steps:
         raise KuosanError(f"start_step must be an integer in [0, {steps - 1}], got {start_step!r}")
     if x_T is None:
         if start_step:
