@@ -384,7 +384,8 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
 
     p = _edit_parser(sub, "outpaint", "extend an image beyond its borders",
                      "Extend IMAGE by --left/--top/--right/--bottom pixels (any amount: the new "
-                     "border is painted window by window, each seeing the most known pixels it can). "
+                     "border is painted window by window, each seeing at least half a window of known "
+                     "pixels where it can). "
                      "The original pixels are kept exactly.", "caption for the extended image")
     for side in ("left", "top", "right", "bottom"):
         p.add_argument(f"--{side}", type=non_negative_int, default=0, help=f"pixels to add on the {side}")

@@ -270,8 +270,9 @@ class Pipeline:
                  negative_prompt: str | None = None, resample: int = 1, batch_size: int = 64,
                  progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
         """Extend ``image`` by ``left``/``top``/``right``/``bottom`` pixels: inpainting of the new
-        border on the larger canvas, window by window (each window sees the most known pixels it
-        can), with ``prompt`` for every window. The original pixels are kept exactly."""
+        border on the larger canvas, window by window (:func:`kuosan.edit.window_plan`: each sees at
+        least half a window of known pixels where it can), with ``prompt`` for every window. The
+        original pixels are kept exactly."""
         pads = {"left": left, "top": top, "right": right, "bottom": bottom}
         for name, value in pads.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
