@@ -306,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float_list, default=[1.0, 2.0, 3.0, 5.0],
                    help="guidance scales, comma-separated (1 = off)")
     p.add_argument("--steps", type=int_list, default=[10, 20], help="sampling steps, comma-separated")
-    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--sampler", default=None, help="default: each model's own (config.json)")
     p.add_argument("--seed", type=int, default=0, help="caption generators and image seeds")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -350,7 +350,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "note": args.note,
-        "sampler": args.sampler,
+        "sampler": args.sampler or ", ".join(sorted({p.default_sampler for p in pipes})) + " (the models' own)",
         "seed": args.seed,
         "models": {label: {"path": str(path), "encoder": encoder_type(pipe),
                            "default_guidance": pipe.default_guidance, "data": pipe.info.name}

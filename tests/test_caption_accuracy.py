@@ -100,11 +100,11 @@ def test_report_structure_and_counts(bench, text_model, tmp_path, capsys):
 
 
 def test_targets_setting_is_added_at_20_steps(bench):
-    pipe = SimpleNamespace(config={"sampling": {"guidance": 4.0}})
+    pipe = SimpleNamespace(default_guidance=4.0)
     assert bench.settings_for(pipe, [10, 20], [1.0, 2.0]) == [
         (10, 1.0), (10, 2.0), (20, 1.0), (20, 2.0), (20, 4.0)]
     assert bench.settings_for(pipe, [10], [1.0]) == [(10, 1.0)]
-    default = SimpleNamespace(config={"sampling": {}})
+    default = SimpleNamespace(default_guidance=3.0)
     assert bench.settings_for(default, [20], [1.0, 3.0]) == [(20, 1.0), (20, 3.0)]
     assert bench.is_target(default, 20, 3.0) and not bench.is_target(default, 10, 3.0)
 

@@ -103,7 +103,7 @@ def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(data="digits", steps=2, batch_size=8, sample_every=0, save_every=0), run,
           progress=False)
-    slim = ck.export_checkpoint(run, tmp_path / "slim", sampling={"guidance": 2.5})
+    slim = ck.export_checkpoint(run, tmp_path / "slim", sampling={"guidance": 2.5, "sampler": "ddim"})
     assert sorted(p.name for p in slim.iterdir()) == ["config.json", "model.safetensors"]
     tensors = load_file(slim / "model.safetensors")
     assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
@@ -111,6 +111,10 @@ def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
     assert all(torch.equal(v.half(), tensors[k]) for k, v in ema.items())
     pipe = Pipeline.load(slim)
     assert pipe.default_guidance == 2.5 and next(pipe.model.parameters()).dtype == torch.float32
+    assert pipe.default_sampler == "ddim" and Pipeline.load(run).default_sampler == "dpmpp_2m"
+    default, ddim = pipe.generate(seed=1, num_inference_steps=3), pipe.generate(
+        seed=1, num_inference_steps=3, sampler="ddim")
+    assert default[0].tobytes() == ddim[0].tobytes()
     assert pipe.sample(2, sampler="ddim", num_inference_steps=3).shape == (2, 1, 8, 8)
     with pytest.raises(KuosanError, match="already holds a checkpoint"):
         ck.export_checkpoint(run, slim)

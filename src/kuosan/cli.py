@@ -289,6 +289,7 @@ def run_generate(args: argparse.Namespace) -> int:
     _check_out(args.out)
     pipe = Pipeline.load(args.model, device=args.device)
     args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    args.sampler = args.sampler or pipe.default_sampler
     images = pipe.generate(args.prompt, num_images_per_prompt=args.num, num_inference_steps=args.steps,
                            guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler,
                            negative_prompt=args.negative)
@@ -363,7 +364,8 @@ def _common_generation_flags(p: argparse.ArgumentParser, samplers: tuple[str, ..
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1 = off; default: the model's)")
     p.add_argument("--negative", default=None, help="negative prompt")
-    p.add_argument("--sampler", choices=samplers, default="dpmpp_2m")
+    p.add_argument("--sampler", choices=samplers, default=None,
+                   help="default: the model's (ddpm with --resample)")
     p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="a .png file, or a folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -426,6 +428,8 @@ def run_edit(args: argparse.Namespace) -> int:
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
     pipe = Pipeline.load(args.model, device=args.device)
     args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    resampling = getattr(args, "resample", 1) > 1
+    args.sampler = args.sampler or ("ddpm" if resampling else pipe.default_sampler)
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
               "sampler": args.sampler, "negative_prompt": args.negative}
     extra: dict = {"command": args.command, "image": str(args.image)}
@@ -527,6 +531,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
+    from .samplers import SAMPLERS
+
     p = sub.add_parser(
         "export", help="a slim checkpoint for sampling (EMA weights, fp16)",
         description="Write a slim inference checkpoint of a training run: config.json and one "
@@ -539,13 +545,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp32", action="store_true", help="keep float32 weights")
     p.add_argument("--guidance", type=float, default=None,
                    help="the default guidance scale that generate and the edit commands use")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="the default sampler that generate and the edit commands use")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from .checkpoint import MODEL, export_checkpoint
 
-    sampling = {} if args.guidance is None else {"guidance": args.guidance}
+    sampling = {k: v for k, v in (("guidance", args.guidance), ("sampler", args.sampler))
+                if v is not None}
     out = export_checkpoint(args.model, args.out, weights=args.weights, half=not args.fp32,
                             sampling=sampling)
     size = (out / MODEL).stat().st_size / 2**20

@@ -111,6 +111,12 @@ class Pipeline:
         """The checkpoint's guidance scale (config.json "sampling" → "guidance"), else 3."""
         return float(self.config.get("sampling", {}).get("guidance", 3.0))
 
+    @property
+    def default_sampler(self) -> str:
+        """The checkpoint's sampler (config.json "sampling" → "sampler"), else "dpmpp_2m"; the
+        one ``generate`` and the edits use when ``sampler`` is None."""
+        return str(self.config.get("sampling", {}).get("sampler", "dpmpp_2m"))
+
     def conditioned(self, captions: Sequence[str], negative_prompt: str | None = None,
                     guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         """The model (x_t, t) ↦ output for a batch with these captions (one per row), guided
@@ -130,7 +136,7 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, prompt: str | Sequence[str] = "", *, num_images_per_prompt: int = 1,
                  num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
-                 sampler: str = "dpmpp_2m", negative_prompt: str | None = None,
+                 sampler: str | None = None, negative_prompt: str | None = None,
                  batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
         """Images for a prompt (or a list of prompts), diffusers' argument names.
 
@@ -139,6 +145,7 @@ class Pipeline:
         ``negative_prompt``. Image i of the output (prompts in order, each repeated
         ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
         """
+        sampler = sampler or self.default_sampler
         if not self.is_text_conditioned:
             self.conditioned([prompt] if isinstance(prompt, str) else list(prompt), negative_prompt)
             x = self.sample(num_images_per_prompt, sampler=sampler, num_inference_steps=num_inference_steps,
@@ -201,7 +208,7 @@ class Pipeline:
                 mask_image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str] = "", *,
                 num_images_per_prompt: int = 1, num_inference_steps: int = 20,
                 guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
-                sampler: str = "dpmpp_2m", negative_prompt: str | None = None, resample: int = 1,
+                sampler: str | None = None, negative_prompt: str | None = None, resample: int = 1,
                 feather: float = 0.0, batch_size: int = 64, progress: bool = False,
                 **sampler_kwargs) -> list[Image.Image]:
         """Repaint the white part of ``mask_image`` so that it fits the rest of ``image`` and,
@@ -209,7 +216,8 @@ class Pipeline:
 
         Pixels outside the mask come back exactly as given (in the model's mode); ``feather``
         (pixels) blends the repainted part softly into the original just inside the mask's
-        edge. ``resample`` > 1 adds RePaint's resampling ("ddpm" or "ddim" samplers only). An
+        edge. ``resample`` > 1 adds RePaint's resampling ("ddpm" or "ddim" samplers only;
+        ``sampler`` None then means "ddpm"; otherwise None is the checkpoint's sampler). An
         image larger than the model's size is repainted window by window. The mask must match
         the image's size and be black-and-white (:func:`kuosan.edit.mask_from_image`).
         Lists of images (of one size), masks and prompts, of equal lengths, edit many at once;
@@ -236,11 +244,14 @@ class Pipeline:
                                     sampler_kwargs)
 
     def _inpaint_pixels(self, pixels: Tensor, mask: Tensor, prompts: list[str], steps: int,
-                        guidance_scale: float | None, seed: int, generator: Generators, sampler: str,
+                        guidance_scale: float | None, seed: int, generator: Generators,
+                        sampler: str | None,
                         negative_prompt: str | None, resample: int, feather: float,
                         batch_size: int, progress: bool, extra: dict) -> list[Image.Image]:
         """Inpaint uint8 ``pixels`` (N, C, H, W) where ``mask`` (N, 1, H, W) is True, row i with
-        ``prompts[i]``; then composite, exact outside the mask."""
+        ``prompts[i]``; then composite, exact outside the mask. ``sampler`` None: "ddpm" with
+        resampling, else the checkpoint's."""
+        sampler = sampler or ("ddpm" if resample > 1 else self.default_sampler)
         window = self.info.shape[-1]
         out: dict[int, Tensor] = {}
         start = 0
@@ -266,7 +277,7 @@ class Pipeline:
     def outpaint(self, image: Image.Image, *, left: int = 0, top: int = 0, right: int = 0,
                  bottom: int = 0, prompt: str = "", num_images_per_prompt: int = 1,
                  num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
-                 generator: Generators = None, sampler: str = "dpmpp_2m",
+                 generator: Generators = None, sampler: str | None = None,
                  negative_prompt: str | None = None, resample: int = 1, batch_size: int = 64,
                  progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
         """Extend ``image`` by ``left``/``top``/``right``/``bottom`` pixels: inpainting of the new
@@ -297,12 +308,13 @@ class Pipeline:
     def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = 0.7,
                 num_images_per_prompt: int = 1, num_inference_steps: int = 20,
                 guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
-                sampler: str = "dpmpp_2m", negative_prompt: str | None = None,
+                sampler: str | None = None, negative_prompt: str | None = None,
                 batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
         """SDEdit (:func:`kuosan.edit.sdedit`): noise ``image`` to ``strength`` (0: returned as
         is; 1: ignored, the result is ``generate``'s for the same seed) and denoise it towards
         ``prompt``; about strength·steps steps run."""
         prompt = _as_list("" if prompt is None else prompt, str, "prompt", "a string")[0]
+        sampler = sampler or self.default_sampler
         x0 = self._pixels(image, "image").float() / 127.5 - 1
         out = []
         for b, gens in self._edit_batches(num_images_per_prompt, seed, generator, batch_size):
