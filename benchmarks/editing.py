@@ -4,6 +4,8 @@ Protocol. Every case is drawn with ``np.random.default_rng([seed, task, i])`` an
 the image's generator seeded ``seed + i``; ``kuosan.data.shapes.score`` and ``find_objects``
 check the results. Pixels outside the mask are compared with the source bit for bit.
 
+Every call uses the model's own sampler and guidance (config.json) unless said otherwise.
+
 (a) Inpainting, ``-n`` cases per task, the mask the old object's bounding box grown by
 ``--margin`` px (or, for "add", an empty square of the canvas), the caption describing the
 whole edited image (DALL·E 2):
@@ -189,7 +191,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if not pipe.is_text_conditioned or pipe.info.shape != (3, 32, 32):
         raise KuosanError(f"'{args.model}' is not a 32×32 ShapesWorld text-to-image model")
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
-    variants = [("dpmpp_2m", 1)] + ([("ddpm", args.resample)] if args.resample > 1 else [])
+    variants = [(pipe.default_sampler, 1)] + ([("ddpm", args.resample)] if args.resample > 1 else [])
     rows, examples = [], {}
     for t, task in enumerate(INPAINT_TASKS):
         cases = [inpaint_case(task, np.random.default_rng([args.seed, t, i]), args.margin)
@@ -217,7 +219,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                for i, c in enumerate(cases)]
     seconds = time.perf_counter() - start
     scored = [outpaint_success(r, c) for r, c in zip(results, cases, strict=True)]
-    rows.append({"task": "outpaint: complete a cut object (+16 px right)", "sampler": "dpmpp_2m",
+    rows.append({"task": "outpaint: complete a cut object (+16 px right)", "sampler": pipe.default_sampler,
                  "resample": 1, "n": args.n, "success": float(np.mean([s for s, _ in scored])),
                  "intact": float(np.mean([k for _, k in scored])), "seconds_per_image": seconds / args.n})
     print(f"[outpaint: {pct(rows[-1]['success'])} %]", flush=True)
