@@ -10,10 +10,10 @@
 # step count below; `--steps N` reaches the same step). Time: ~95 minutes on 2 CPU cores.
 set -euo pipefail
 RUN=${1:-runs/shapes-32}
-STEPS=__STEPS__
-GUIDANCE=__GUIDANCE__
+STEPS=3769
+GUIDANCE=2
 
 kuosan train --data shapes --size 32 --preset fast --text-encoder transformer --cond-drop 0.1 \
     --batch 64 --lr 8e-4 --schedule cosine --weighting min_snr --seed 0 \
     --steps "$STEPS" --sample-every 500 --save-every 250 --grid-size 36 --out "$RUN"
-kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE"
+kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE" --sampler dpmpp_2m
