@@ -270,6 +270,12 @@ def test_pipeline_inpaint_keeps_pixels_and_seeds(tiny_text_run):
     assert np.array_equal(np.asarray(together[1]), np.asarray(second))
     with pytest.raises(KuosanError, match="2 prompts for 3 edits"):
         pipe.inpaint([image] * 3, corner_mask(), ["a", "b"])
+    # the default: RePaint with ddpm, unless a multistep sampler is named
+    explicit = pipe.inpaint(image, corner_mask(), "a red circle", sampler="ddpm", resample=5, **kwargs)
+    assert np.array_equal(np.asarray(first), np.asarray(explicit[0]))
+    multistep = pipe.inpaint(image, corner_mask(), "a red circle", sampler="dpmpp_2m", **kwargs)
+    plain = pipe.inpaint(image, corner_mask(), "a red circle", sampler="dpmpp_2m", resample=1, **kwargs)
+    assert np.array_equal(np.asarray(multistep[0]), np.asarray(plain[0]))
     feathered = pipe.inpaint(image, corner_mask(), feather=4, **kwargs)[0]
     assert np.array_equal(np.asarray(feathered)[:16], src[:16])
     repainted = pipe.inpaint(image, corner_mask(), sampler="ddpm", resample=2, **kwargs)[0]

@@ -365,7 +365,7 @@ def _common_generation_flags(p: argparse.ArgumentParser, samplers: tuple[str, ..
                    help="classifier-free guidance scale (1 = off; default: the model's)")
     p.add_argument("--negative", default=None, help="negative prompt")
     p.add_argument("--sampler", choices=samplers, default=None,
-                   help="default: the model's (ddpm with --resample)")
+                   help="default: the model's (ddpm when resampling)")
     p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="a .png file, or a folder")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -378,8 +378,9 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
                      "outside the mask are kept exactly.", "caption of the whole edited image")
     p.add_argument("--mask", type=Path, required=True,
                    help="black-and-white image of IMAGE's size: white = repaint, black = keep")
-    p.add_argument("--resample", type=positive_int, default=1,
-                   help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
+    p.add_argument("--resample", type=positive_int, default=None,
+                   help="RePaint resampling: take each step this many times (with --sampler ddpm or "
+                        "ddim); default 5 with ddpm, 1 when a multistep --sampler is named")
     p.add_argument("--feather", type=non_negative_float, default=0.0,
                    help="blend the seam over this many pixels inside the mask")
     p.set_defaults(func=run_edit)
@@ -428,6 +429,11 @@ def run_edit(args: argparse.Namespace) -> int:
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
     pipe = Pipeline.load(args.model, device=args.device)
     args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    if args.command == "inpaint" and args.resample is None:  # Pipeline.inpaint's default rule
+        from .edit import RESAMPLE_SAMPLERS
+        from .pipeline import INPAINT_RESAMPLE
+
+        args.resample = INPAINT_RESAMPLE if args.sampler in (None, *RESAMPLE_SAMPLERS) else 1
     resampling = getattr(args, "resample", 1) > 1
     args.sampler = args.sampler or ("ddpm" if resampling else pipe.default_sampler)
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
