@@ -425,6 +425,10 @@ def run_edit(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
     _check_out(args.out)
+    for flag, source in (("IMAGE", args.image), ("--mask", getattr(args, "mask", None))):
+        if source is not None and args.out.suffix and args.out.resolve() == source.resolve():
+            raise KuosanError(f"--out '{args.out}' is the {flag} file itself: choose another --out "
+                              f"(kuosan never writes over its input)")
     image = _open_image(args.image, "IMAGE")
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
     pipe = Pipeline.load(args.model, device=args.device)
