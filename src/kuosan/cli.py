@@ -396,7 +396,7 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
                    help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
     p.set_defaults(func=run_edit)
 
-    for name, strength, what in (("vary", 0.6, "variations of an image"),
+    for name, strength, what in (("vary", 0.4, "variations of an image"),
                                  ("img2img", 0.7, "redraw an image towards a caption")):
         p = _edit_parser(sub, name, what,
                          "Noise IMAGE part of the way (--strength: 0 returns it, 1 ignores it) and "
