@@ -365,6 +365,10 @@ def test_cli_edit_commands(tiny_text_run, tmp_path, capsys):
     assert "nothing to repaint" in capsys.readouterr().err
     assert main(["generate", "--from-png", str(out), *model]) == 2
     assert "kuosan inpaint" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(image.read_bytes()[:60])  # a truncated PNG
+    assert main(["vary", str(broken), *model, "--out", str(tmp_path / "b.png")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
     before = image.read_bytes()
     assert main(["vary", str(image), *model, "--out", str(image)]) == 2
     assert "never writes over its input" in capsys.readouterr().err and image.read_bytes() == before

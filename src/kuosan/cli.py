@@ -409,7 +409,9 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_image(path: Path, flag: str):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from .data.folder import DECODE_ERRORS, describe_decode_error
 
     try:
         with Image.open(path) as img:
@@ -417,8 +419,8 @@ def _open_image(path: Path, flag: str):
             return img.copy()
     except FileNotFoundError:
         raise KuosanError(f"{flag} '{path}': no such file") from None
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise KuosanError(f"{flag} '{path}': not a readable image ({err})") from None
+    except DECODE_ERRORS as err:
+        raise KuosanError(f"{flag} '{path}': not a readable image ({describe_decode_error(err)})") from None
 
 
 def run_edit(args: argparse.Namespace) -> int:
@@ -433,13 +435,10 @@ def run_edit(args: argparse.Namespace) -> int:
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
     pipe = Pipeline.load(args.model, device=args.device)
     args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
-    if args.command == "inpaint" and args.resample is None:  # Pipeline.inpaint's default rule
-        from .edit import RESAMPLE_SAMPLERS
-        from .pipeline import INPAINT_RESAMPLE
-
-        args.resample = INPAINT_RESAMPLE if args.sampler in (None, *RESAMPLE_SAMPLERS) else 1
-    resampling = getattr(args, "resample", 1) > 1
-    args.sampler = args.sampler or ("ddpm" if resampling else pipe.default_sampler)
+    if args.command in ("inpaint", "outpaint"):  # resolved here to go into the PNG's parameters
+        args.sampler, args.resample = pipe.inpaint_sampling(args.sampler, args.resample)
+    else:
+        args.sampler = args.sampler or pipe.default_sampler
     common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
               "sampler": args.sampler, "negative_prompt": args.negative}
     extra: dict = {"command": args.command, "image": str(args.image)}

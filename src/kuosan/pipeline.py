@@ -172,6 +172,14 @@ class Pipeline:
 
     # -- editing (kuosan.edit): inpaint, outpaint, vary, img2img --
 
+    def inpaint_sampling(self, sampler: str | None, resample: int | None) -> tuple[str, int]:
+        """(sampler, resample) an inpainting call runs with: ``resample`` None is
+        :data:`INPAINT_RESAMPLE` unless a multistep ``sampler`` is named (then 1); ``sampler``
+        None is "ddpm" when resampling, else the checkpoint's."""
+        if resample is None:
+            resample = INPAINT_RESAMPLE if sampler in (None, *RESAMPLE_SAMPLERS) else 1
+        return sampler or ("ddpm" if resample > 1 else self.default_sampler), resample
+
     def _pixels(self, image: Image.Image, what: str, any_size: bool = False) -> Tensor:
         """A PIL image as uint8 pixels (C, H, W) in the model's channels (RGBA on white, gray
         to RGB or RGB to gray as the model needs); the model's size unless ``any_size`` (then
@@ -262,9 +270,7 @@ class Pipeline:
         """Inpaint uint8 ``pixels`` (N, C, H, W) where ``mask`` (N, 1, H, W) is True, row i with
         ``prompts[i]``; then composite, exact outside the mask. ``sampler`` None: "ddpm" with
         resampling, else the checkpoint's."""
-        if resample is None:
-            resample = INPAINT_RESAMPLE if sampler in (None, *RESAMPLE_SAMPLERS) else 1
-        sampler = sampler or ("ddpm" if resample > 1 else self.default_sampler)
+        sampler, resample = self.inpaint_sampling(sampler, resample)
         window = self.info.shape[-1]
         out: dict[int, Tensor] = {}
         start = 0

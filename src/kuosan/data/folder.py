@@ -38,7 +38,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROGRESS_MIN_FILES = 1000  # show a progress bar above this many files
 
 # What a broken or hostile file can raise while Pillow decodes it.
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
     Image.DecompressionBombError,
 )
@@ -56,7 +56,8 @@ def find_images(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _describe(err: Exception) -> str:
+def describe_decode_error(err: Exception) -> str:
+    """One line saying why Pillow could not read a file."""
     if isinstance(err, UnidentifiedImageError):
         return "cannot identify image file (not an image, or a format Pillow cannot read)"
     if isinstance(err, Image.DecompressionBombError):
@@ -73,8 +74,8 @@ def _read_one(path: Path, size: int, channels: int | None) -> tuple[np.ndarray |
             img = ImageOps.exif_transpose(img)
             c = channels if channels is not None else (1 if is_grayscale(img) else 3)
             img = to_rgb_or_l(img, c)
-    except _DECODE_ERRORS as err:
-        return None, _describe(err)
+    except DECODE_ERRORS as err:
+        return None, describe_decode_error(err)
     w, h = img.size
     side = min(w, h)
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
