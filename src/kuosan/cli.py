@@ -48,7 +48,8 @@ TRAIN_FLAGS = {
     "weighting": "weighting", "seed": "seed", "sample_every": "sample_every",
     "save_every": "save_every", "device": "device", "bf16": "bf16", "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
-    "text_encoder": "text_encoder", "cond_drop": "cond_drop",
+    "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
+    "pos_embed": "pos_embed", "init_from": "init_from",
 }
 # what a resumed run may change; everything else comes from the checkpoint
 RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
@@ -85,6 +86,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-accum", type=positive_int, default=d.grad_accum, help="gradient accumulation steps")
     p.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate")
     p.add_argument("--warmup", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
+    p.add_argument("--lr-decay", choices=("none", "cosine"), default=d.lr_decay,
+                   help="after warm-up: constant, or cosine decay to 0 at --steps")
+    p.add_argument("--pos-embed", action="store_true",
+                   help="give the UNet a learned code of each pixel's position (for captions that "
+                        "say where things are)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's EMA weights (fine-tuning; the same preset and "
+                        "text encoder, optionally adding --pos-embed)")
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction, help="training target")
     p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
     p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")

@@ -78,6 +78,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     warmup_steps: int = 200
+    lr_decay: str = "none"  # none (constant after warm-up) or cosine (to 0 at --steps)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_half_life_images: float = 100_000.0  # EMA half-life in images (EDM), ramped up below
@@ -94,6 +95,8 @@ class TrainConfig:
     text_encoder: str | None = None  # transformer (joint), minilm, or a local folder; None: no text
     cond_drop: float = 0.1  # probability of training on the empty caption (classifier-free guidance)
     grid_guidance: float = 3.0  # guidance scale of the sample grids of text-conditioned models
+    pos_embed: bool = False  # a learned absolute position code in the UNet (UNetConfig.pos_embed)
+    init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning)
 
     def check(self) -> None:
         """Raise KuosanError naming the first bad value."""
@@ -126,6 +129,10 @@ class TrainConfig:
             raise KuosanError("--device cuda was asked for, but no CUDA device is available")
         if not 0.0 <= self.cond_drop <= 1.0:
             raise KuosanError(f"--cond-drop must be in [0, 1], got {self.cond_drop}")
+        if self.lr_decay not in ("none", "cosine"):
+            raise KuosanError(f"--lr-decay must be none or cosine, got {self.lr_decay!r}")
+        if self.lr_decay == "cosine" and self.steps is None:
+            raise KuosanError("--lr-decay cosine decays to 0 at --steps: give --steps N")
         if self.model not in ("auto", "mlp", *UNET_PRESETS):
             raise KuosanError(f"--preset must be auto, mlp or one of {', '.join(UNET_PRESETS)}, "
                               f"got {self.model!r}")
@@ -184,9 +191,14 @@ def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """Linear warm-up from 0 over ``warmup_steps``, then constant."""
+    """Linear warm-up from 0 over ``warmup_steps``, then constant (``lr_decay="none"``) or
+    lr·½(1 + cos(π·s)) with s the fraction of the steps after warm-up done (``"cosine"``)."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_decay == "cosine" and config.steps is not None:
+        span = max(config.steps - config.warmup_steps, 1)
+        done = min(max(step - config.warmup_steps, 0) / span, 1.0)
+        return config.lr * 0.5 * (1 + math.cos(math.pi * done))
     return config.lr
 
 
@@ -196,6 +208,8 @@ def model_spec(config: TrainConfig, info: DataInfo, text_dim: int = 0) -> tuple[
     if info.kind == "vector":
         if config.model not in ("auto", "mlp"):
             raise KuosanError(f"--preset {config.model} is a UNet, but {info.name} holds vectors: use mlp")
+        if config.pos_embed:
+            raise KuosanError(f"--pos-embed is for UNets, but {info.name} holds vectors")
         cfg = MLPConfig(dim=info.shape[0])
         if config.dropout is not None:
             cfg = dataclasses.replace(cfg, dropout=config.dropout)
@@ -207,6 +221,8 @@ def model_spec(config: TrainConfig, info: DataInfo, text_dim: int = 0) -> tuple[
     overrides: dict[str, Any] = {"in_channels": c, "out_channels": c, "image_size": h}
     if config.dropout is not None:
         overrides["dropout"] = config.dropout
+    if config.pos_embed:
+        overrides["pos_embed"] = True
     if text_dim:
         overrides.update(cond_dim=text_dim, context_dim=text_dim,
                          cross_attn_resolutions=tuple(r for r in (h // 2, h // 4) if r >= 2))
@@ -221,6 +237,62 @@ def points_image(points: Tensor, size: int = 256, extent: float = 3.5) -> Tensor
     counts.index_put_((size - 1 - ij[:, 1], ij[:, 0]), torch.ones(len(p)), accumulate=True)
     ink = (counts / counts.max().clamp(min=1)).sqrt()
     return (1 - 2 * ink)[None]
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """The checkpoint folder of ``--init-from``: a folder with config.json, or a bundled model."""
+    from .pipeline import resolve_model
+
+    path = resolve_model(name_or_path)
+    if not (path / "config.json").is_file():
+        raise KuosanError(f"--init-from: '{name_or_path}' holds no config.json (not a checkpoint)")
+    return path
+
+
+def source_text_encoder(source: Path, encoder: Any) -> Any:
+    """The text encoder of the checkpoint ``source`` (``--init-from``'s, or the run's own on
+    ``--resume``), which must be of the kind this run asks for: the jointly trained transformer
+    keeps the source's vocabulary, so its weights fit whatever the captions now are."""
+    from .models.text import text_encoder_from_config
+
+    stored = load_config(source).get("text_encoder")
+    if stored is None:
+        raise KuosanError(f"'{source}' has no text encoder, but this run trains one")
+    if stored.get("type") != encoder.config().get("type"):
+        raise KuosanError(f"'{source}' has a {stored.get('type')} text encoder, "
+                          f"this run asks for {encoder.config().get('type')}")
+    return text_encoder_from_config(stored)
+
+
+def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
+    """Copy ``source``'s EMA weights into the model and its EMA (fine-tuning, ``--init-from``).
+
+    Every source tensor must exist in the model with the same shape. Model tensors that the source
+    lacks keep their initial values; that is only allowed for blocks that start as the identity
+    (the position code of ``--pos-embed``), so the model starts as the source's function.
+    """
+    tensors, _ = load_weights(source, "ema")
+    own = model.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    if unexpected:
+        raise KuosanError(f"--init-from: '{source}' has weights this model lacks "
+                          f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); "
+                          "use the source's --preset and text encoder")
+    for k, v in tensors.items():
+        if own[k].shape != v.shape:
+            raise KuosanError(f"--init-from: '{source}' tensor {k} has shape {tuple(v.shape)}, "
+                              f"this model's is {tuple(own[k].shape)}")
+    fresh = sorted(set(own) - set(tensors))
+    not_identity = [k for k in fresh if ".pos." not in k and "input_pos." not in k]
+    if not_identity:
+        raise KuosanError(f"--init-from: '{source}' lacks weights of this model "
+                          f"({', '.join(not_identity[:3])}{'…' if len(not_identity) > 3 else ''}); "
+                          "use the source's --preset and text encoder")
+    full = {**own, **{k: v.to(own[k].dtype) for k, v in tensors.items()}}
+    model.load_state_dict(full, strict=True)
+    ema.load_state_dict(full, strict=True)
+    print(f"kuosan: starting from the EMA weights of '{source}'"
+          + (f" ({len(fresh)} new position-code tensors start at zero)" if fresh else ""), flush=True)
 
 
 # ---- the trainer ----------------------------------------------------------------------------------
@@ -259,9 +331,13 @@ class Trainer:
         if config.text_encoder and self.captions is None:
             raise KuosanError(f"--text-encoder needs captioned data, and '{config.data}' has no "
                               f"captions (use shapes, or a folder of images with captions)")
+        source = None if resume or not config.init_from else resolve_checkpoint(config.init_from)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
             torch.manual_seed(config.seed)
             encoder = make_text_encoder(config.text_encoder, self.captions) if self.captions else None
+            if encoder is not None and (resume or source is not None):
+                # the stored encoder (its vocabulary), not one fitted anew on these captions
+                encoder = source_text_encoder(self.out if resume else source, encoder)
             self.kind, self.model_config = model_spec(config, self.info, encoder.dim if encoder else 0)
             model = build_model(self.kind, self.model_config)
             if encoder is not None:
@@ -273,6 +349,8 @@ class Trainer:
         self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
         if resume:
             self._load(model, optimizer)
+        elif source is not None:
+            init_weights(model, self.ema, source)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)

@@ -7,6 +7,8 @@ pixels, L tokens, D the token width (``context_dim``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,19 +21,53 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-class AttnBlock(nn.Module):
-    """Multi-head self-attention over the H·W positions: x + proj(SDPA(q, k, v)), qkv from GN(x)."""
+def coord_features(height: int, width: int, num_freqs: int, device: torch.device | None = None) -> Tensor:
+    """Fourier features of each pixel centre's canvas coordinates (u across, v down, both in
+    (−1, 1)): [sin(2^k·π·u), cos(2^k·π·u), sin(2^k·π·v), cos(2^k·π·v)] for k < num_freqs.
 
-    def __init__(self, ch: int, head_dim: int, groups: int):
+    Returns float32 [H·W, 4·num_freqs], pixels in row-major order. The coordinates are relative
+    to the canvas, so "top left" means the same at every resolution.
+    """
+    v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    freqs = math.pi * 2.0 ** torch.arange(num_freqs, device=device, dtype=torch.float32)
+    au, av = uu.reshape(-1, 1) * freqs, vv.reshape(-1, 1) * freqs  # [H·W, num_freqs]
+    return torch.cat([au.sin(), au.cos(), av.sin(), av.cos()], dim=-1)
+
+
+class PositionEmbedding(nn.Module):
+    """A learned absolute position code, P = W·coord_features(H, W): [H·W, C], W zero at the
+    start (so a block given it starts as the block without it)."""
+
+    num_freqs = 4
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.proj = zero_init(nn.Linear(4 * self.num_freqs, ch))
+
+    def forward(self, height: int, width: int) -> Tensor:  # -> [H·W, C]
+        w = self.proj.weight
+        return self.proj(coord_features(height, width, self.num_freqs, w.device).to(w.dtype))
+
+
+class AttnBlock(nn.Module):
+    """Multi-head self-attention over the H·W positions: x + proj(SDPA(q, k, v)), qkv from GN(x)
+    (+ P, a learned position code, with ``pos_embed``)."""
+
+    def __init__(self, ch: int, head_dim: int, groups: int, pos_embed: bool = False):
         super().__init__()
         self.num_heads = ch // head_dim
         self.norm = nn.GroupNorm(groups, ch)
+        self.pos = PositionEmbedding(ch) if pos_embed else None
         self.qkv = nn.Linear(ch, 3 * ch)
         self.proj = zero_init(nn.Linear(ch, ch))
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:  # [B,C,H,W] -> same
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H·W, C]
+        if self.pos is not None:
+            tokens = tokens + self.pos(h, w)
         qkv = self.qkv(tokens).unflatten(-1, (3, self.num_heads, c // self.num_heads))
         # q, k, v: [B, heads, H·W, head_dim], unit stride in head_dim (SDPA's fused CPU kernel)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -42,17 +78,21 @@ class AttnBlock(nn.Module):
 
 class CrossAttnBlock(nn.Module):
     """Cross-attention from the pixels to the token states (Rombach et al. 2022, LDM):
-    x + proj(SDPA(q, k, v, mask)), q = W_q·GN(x), [k, v] = W_kv·context.
+    x + proj(SDPA(q, k, v, mask)), q = W_q·(GN(x) + P), [k, v] = W_kv·context, where P is a
+    learned position code (``pos_embed``; without it P = 0): with it a pixel's query knows where
+    on the canvas it is, so a caption's "at the top left" can select the pixels it speaks of.
 
     ``context_mask`` [B, L] is True (or 1) for real tokens and False for padding; padding tokens
     get no attention weight. A row without any real token (or ``context=None``) adds nothing:
     the block is then the identity for that row.
     """
 
-    def __init__(self, ch: int, context_dim: int, head_dim: int, groups: int):
+    def __init__(self, ch: int, context_dim: int, head_dim: int, groups: int,
+                 pos_embed: bool = False):
         super().__init__()
         self.num_heads = ch // head_dim
         self.norm = nn.GroupNorm(groups, ch)
+        self.pos = PositionEmbedding(ch) if pos_embed else None
         self.q = nn.Linear(ch, ch)
         self.kv = nn.Linear(context_dim, 2 * ch)
         self.proj = zero_init(nn.Linear(ch, ch))
@@ -65,6 +105,8 @@ class CrossAttnBlock(nn.Module):
         b, c, h, w = x.shape
         heads, head_dim = self.num_heads, c // self.num_heads
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, H·W, C]
+        if self.pos is not None:
+            tokens = tokens + self.pos(h, w)
         q = self.q(tokens).unflatten(-1, (heads, head_dim)).transpose(1, 2)  # [B, heads, H·W, d]
         kv = self.kv(context.to(self.kv.weight.dtype)).unflatten(-1, (2, heads, head_dim))
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, heads, L, d] each

@@ -17,6 +17,14 @@ Conditioning (all off by default), `UNet(x_t, t, class_labels=, pooled=, context
 The class embedding, the pooled projection and every cross-attention output projection start at
 zero, so at initialisation the output does not depend on the condition.
 
+Position (`pos_embed`, off by default): convolutions and attention are translation-equivariant
+and know where a pixel lies only from the zero padding at the borders, so a caption's "at the top
+left" is hard to learn. With `pos_embed` a learned code of each pixel's canvas coordinates
+(`PositionEmbedding`: Fourier features, then a zero-initialised linear map) is added to the
+features after the input conv and to the tokens of every attention block. Its maps start at
+zero, so weights trained without it load into a UNet with it and compute the same function
+(`kuosan train --init-from`).
+
 Shapes: B batch, C channels, H×W pixels, E = 4 · base_channels the embedding width.
 """
 
@@ -31,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kuosan.errors import KuosanError
-from kuosan.models.attention import AttnBlock, CrossAttnBlock, zero_init
+from kuosan.models.attention import AttnBlock, CrossAttnBlock, PositionEmbedding, zero_init
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -77,6 +85,7 @@ class UNetConfig:
     rows, the last is the null class); `cond_dim` > 0 adds a projected pooled vector of that size;
     `context_dim` > 0 adds cross-attention to token states of that width in the middle block and,
     after each residual block (and its self-attention), at the `cross_attn_resolutions`.
+    `pos_embed` adds a learned absolute position code (see the module docstring).
     """
 
     in_channels: int = 3
@@ -93,6 +102,7 @@ class UNetConfig:
     cond_dim: int = 0
     context_dim: int = 0
     cross_attn_resolutions: tuple[int, ...] = ()
+    pos_embed: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "image_size", "base_channels",
@@ -131,6 +141,8 @@ class UNetConfig:
                     f"UNetConfig: {ch} channels (base_channels={self.base_channels} × {mult}) "
                     f"are not divisible by head_dim={self.head_dim}"
                 )
+        if not isinstance(self.pos_embed, bool):
+            raise KuosanError(f"UNetConfig.pos_embed must be true or false, got {self.pos_embed!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise KuosanError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -255,14 +267,17 @@ class UNet(nn.Module):
         if cfg.cond_dim:  # no bias: pooled = 0 adds nothing, like pooled=None
             self.cond_proj = zero_init(nn.Linear(cfg.cond_dim, emb_dim, bias=False))
         self.input_conv = nn.Conv2d(cfg.in_channels, base * cfg.channel_mult[0], 3, padding=1)
+        pos = cfg.pos_embed
+        if pos:
+            self.input_pos = PositionEmbedding(base * cfg.channel_mult[0])
 
         def cross_attn(ch: int) -> CrossAttnBlock:
-            return CrossAttnBlock(ch, cfg.context_dim, cfg.head_dim, groups)
+            return CrossAttnBlock(ch, cfg.context_dim, cfg.head_dim, groups, pos_embed=pos)
 
         def res_stage(in_ch: int, out_ch: int, resolution: int) -> Stage:
             blocks: list[nn.Module] = [ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, groups)]
             if resolution in cfg.attn_resolutions:
-                blocks.append(AttnBlock(out_ch, cfg.head_dim, groups))
+                blocks.append(AttnBlock(out_ch, cfg.head_dim, groups, pos_embed=pos))
             if resolution in cfg.cross_attn_resolutions:
                 blocks.append(cross_attn(out_ch))
             return Stage(blocks)
@@ -282,7 +297,7 @@ class UNet(nn.Module):
 
         self.middle = Stage([
             ResBlock(ch, ch, emb_dim, cfg.dropout, groups),
-            AttnBlock(ch, cfg.head_dim, groups),
+            AttnBlock(ch, cfg.head_dim, groups, pos_embed=pos),
             *([cross_attn(ch)] if cfg.context_dim else []),
             ResBlock(ch, ch, emb_dim, cfg.dropout, groups),
         ])
@@ -368,6 +383,8 @@ class UNet(nn.Module):
                 f"by {factor} (2**(len(channel_mult)-1))"
             )
         h = self.input_conv(x)
+        if self.config.pos_embed:  # [H·W, C] -> [1, C, H, W]
+            h = h + self.input_pos(*h.shape[-2:]).T.reshape(1, -1, *h.shape[-2:])
         skips = [h]
         for stage in self.down:
             h = stage(h, emb, context, context_mask)

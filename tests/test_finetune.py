@@ -1,0 +1,123 @@
+"""Position codes in the UNet, fine-tuning with --init-from, and the cosine learning rate."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TEXT, train_tiny_text
+
+from kuosan import KuosanError, Pipeline
+from kuosan.models import UNetConfig, build_model
+from kuosan.models.attention import AttnBlock, CrossAttnBlock, PositionEmbedding, coord_features
+from kuosan.train import TrainConfig, learning_rate
+
+TINY_UNET = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                       attn_resolutions=(8,), head_dim=16, dropout=0.0, num_groups=8,
+                       cond_dim=8, context_dim=8, cross_attn_resolutions=(8,))
+
+
+def test_coord_features_tell_every_pixel_apart():
+    f = coord_features(6, 5, num_freqs=4)
+    assert f.shape == (30, 16)
+    assert torch.cdist(f, f).add(torch.eye(30) * 9).min() > 0.1  # no two pixels share a code
+    # row-major, u across: pixel (0, 4) is the top right; its u is (4 + 0.5) / 5 * 2 - 1
+    u = (4 + 0.5) / 5 * 2 - 1
+    assert math.isclose(f[4, 0].item(), math.sin(math.pi * u), abs_tol=1e-6)
+    # relative to the canvas: the same place at another resolution has the same code
+    torch.testing.assert_close(coord_features(1, 1, 3), coord_features(3, 3, 3)[4:5])
+
+
+def test_position_embedding_starts_at_zero():
+    assert torch.count_nonzero(PositionEmbedding(16)(4, 4)) == 0
+
+
+def _pair(seed: int = 0):
+    torch.manual_seed(seed)
+    plain = build_model("unet", TINY_UNET)
+    with_pos = build_model("unet", dataclasses.replace(TINY_UNET, pos_embed=True))
+    for m in (plain, with_pos):  # non-zero everywhere, so every block matters
+        for p in m.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    own = with_pos.state_dict()
+    new = sorted(set(own) - set(plain.state_dict()))
+    return plain, with_pos, own, new
+
+
+def test_weights_without_position_load_and_compute_the_same():
+    plain, with_pos, own, new = _pair()
+    assert new and all("pos." in k for k in new)
+    zero = {k: torch.zeros_like(own[k]) for k in new}
+    with_pos.load_state_dict({**plain.state_dict(), **zero})
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
+    cond = {"pooled": torch.randn(2, 8), "context": torch.randn(2, 4, 8)}
+    with torch.no_grad():
+        torch.testing.assert_close(with_pos(x, t, **cond), plain(x, t, **cond))
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_position_code_lets_attention_tell_pixels_apart(cross):
+    """On a constant image every pixel's query is the same, so attention gives every pixel the
+    same output; with a (trained, here random) position code the outputs differ by place."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 1, 1).expand(2, 16, 6, 6).contiguous()
+    context = torch.randn(2, 3, 8)
+    for pos, expect_constant in ((False, True), (True, False)):
+        block = (CrossAttnBlock(16, 8, 8, 4, pos_embed=pos) if cross
+                 else AttnBlock(16, 8, 4, pos_embed=pos))
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        with torch.no_grad():
+            y = block(x, context) if cross else block(x)
+        spread = (y - y[..., :1, :1]).abs().max().item()
+        assert (spread < 1e-5) if expect_constant else (spread > 1e-2), (pos, spread)
+
+
+def test_bad_pos_embed_value():
+    with pytest.raises(KuosanError, match="pos_embed"):
+        UNetConfig(pos_embed="yes")
+
+
+def test_cosine_learning_rate():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, lr_decay="cosine")
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 10) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 60) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(dataclasses.replace(cfg, lr_decay="none"), 100) == 1e-3
+    with pytest.raises(KuosanError, match="--steps"):
+        dataclasses.replace(cfg, steps=None, minutes=5.0).check()
+    with pytest.raises(KuosanError, match="--lr-decay"):
+        dataclasses.replace(cfg, lr_decay="linear").check()
+
+
+def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp_path):
+    out = tmp_path / "ft"
+    cfg = dataclasses.replace(TINY_TEXT, steps=0, pos_embed=True, init_from=str(tiny_text_run))
+    train_tiny_text(cfg, out)
+    src, ft = Pipeline.load(tiny_text_run), Pipeline.load(out)
+    assert ft.config["model"]["config"]["pos_embed"] is True
+    assert ft.config["text_encoder"] == src.config["text_encoder"]
+    a = src.generate("a red circle", num_inference_steps=3, seed=0, num_images_per_prompt=2)
+    b = ft.generate("a red circle", num_inference_steps=3, seed=0, num_images_per_prompt=2)
+    for ia, ib in zip(a, b, strict=True):
+        assert np.array_equal(np.asarray(ia), np.asarray(ib))
+    # and training goes on from there
+    train_tiny_text(dataclasses.replace(cfg, steps=2), tmp_path / "ft2")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "fast"}, "lacks|has weights"),
+    ({"text_encoder": None}, "captions|text encoder"),
+])
+def test_init_from_refuses_a_different_network(tiny_text_run, tmp_path, change, message):
+    cfg = dataclasses.replace(TINY_TEXT, init_from=str(tiny_text_run), **change)
+    with pytest.raises(KuosanError, match=message):
+        train_tiny_text(cfg, tmp_path / "bad")
+
+
+def test_init_from_a_missing_folder(tmp_path):
+    cfg = dataclasses.replace(TINY_TEXT, init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(KuosanError, match="nowhere"):
+        train_tiny_text(cfg, tmp_path / "bad")
