@@ -64,6 +64,7 @@ from kuosan.data.shapes import (
     score,
 )
 from kuosan.images import from_pil, make_grid, to_pil
+from kuosan.pipeline import INPAINT_RESAMPLE
 
 INPAINT_TASKS = ("replace", "replace-in-pair", "add")
 TARGET = 0.80  # replace (single-object edits) at 20 steps
@@ -268,11 +269,13 @@ def markdown(result: dict[str, Any], pictures: dict[str, str]) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['task']} | {r['sampler']} | {r['resample']} | {r['n']} | {pct(r['success'])} | "
                      f"{pct(r['intact'])} | {r['seconds_per_image']:.2f} |")
-    replace = next(r for r in result["rows"] if r["task"] == "inpaint: replace" and r["resample"] == 1)
-    verdict = "PASS" if replace["success"] >= TARGET else "FAIL"
-    lines += ["", f"Target: single-object edits (replace) ≥ {pct(TARGET)} % at 20 steps: "
-              f"{pct(replace['success'])} % — {verdict}" + ("" if meta["steps"] == 20 else
-                                                          f" (measured at {meta['steps']} steps)"),
+    # the verdict judges what `Pipeline.inpaint` does by default: the RePaint row if one ran
+    replace = [r for r in result["rows"] if r["task"] == "inpaint: replace"]
+    default = next((r for r in replace if r["resample"] == INPAINT_RESAMPLE), replace[0])
+    verdict = "PASS" if default["success"] >= TARGET else "FAIL"
+    lines += ["", f"Target: single-object edits (replace) ≥ {pct(TARGET)} % at 20 steps, with "
+              f"{default['sampler']} r={default['resample']}: {pct(default['success'])} % — {verdict}"
+              + ("" if meta["steps"] == 20 else f" (measured at {meta['steps']} steps)"),
               "", ("| variation strength | faithful % (source caption holds) | diversity (RMS between variations) "
               "| distance to source (RMS) |"), "|---|---|---|---|"]
     for r in result["vary"]:
@@ -320,7 +323,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--margin", type=float, default=2.0, help="px added around the old object's box")
-    p.add_argument("--resample", type=int, default=5,
+    p.add_argument("--resample", type=int, default=INPAINT_RESAMPLE,
                    help="also run RePaint (ddpm) with this many resamplings (1: skip)")
     p.add_argument("--resample-n", type=int, default=50, help="cases per task for the RePaint rows")
     p.add_argument("--seed", type=int, default=0)
