@@ -176,6 +176,20 @@ def load_weights(folder: str | Path, which: str = "ema") -> tuple[dict[str, Tens
     return read_tensors(path)
 
 
+def weights_digest(folder: str | Path) -> str:
+    """The first 12 hex digits of the SHA-256 of the checkpoint's EMA file (else its model file):
+    the "Model hash" that generated PNGs carry."""
+    import hashlib
+
+    folder = Path(folder)
+    path = folder / EMA if (folder / EMA).is_file() else folder / MODEL
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def load_state_dict_strict(module: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
     """Load weights, naming the file when keys or shapes do not match (never strict=False)."""
     own = module.state_dict()

@@ -265,19 +265,6 @@ def _params_from_png(path: Path) -> dict:
 DEFAULT_MODEL = "shapes-32"  # the bundled ShapesWorld text-to-image model
 
 
-def _model_hash(folder: Path) -> str:
-    import hashlib
-
-    from .checkpoint import EMA, MODEL
-
-    path = folder / EMA if (folder / EMA).is_file() else folder / MODEL
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def run_generate(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
@@ -315,23 +302,17 @@ def _check_out(out: Path) -> None:
 def _write_images(images: list, args: argparse.Namespace, pipe, extra: dict) -> None:
     """OUT.png: the image (or a grid of all); a folder: 0000.png, … (image i seeded seed + i);
     every PNG carries its parameters (an A1111-style 'parameters' line and a 'kuosan' JSON chunk)."""
-    from .images import save_png
+    from .checkpoint import weights_digest
+    from .images import generation_metadata, save_png
 
-    digest = _model_hash(pipe.path)
-    prompt = args.prompt or ""
+    digest = weights_digest(pipe.path)
 
     def metadata(seed: int, num: int, size: tuple[int, int]) -> dict[str, str]:
-        params = {"prompt": prompt, "negative_prompt": args.negative, "seed": seed, "num": num,
-                  "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
-                  "model": str(args.model), "model_hash": digest, "kuosan_version": __version__,
-                  **extra}
-        edit = "".join(f", {k.replace('_', ' ').capitalize()}: {v}" for k, v in extra.items()
-                       if k != "command")
-        line = (f"{prompt}\nNegative prompt: {args.negative or ''}\nSteps: {args.steps}, "
-                f"Sampler: {args.sampler}, CFG scale: {args.guidance}, Seed: {seed}, "
-                f"Size: {size[0]}x{size[1]}, Model hash: {digest}, Model: {args.model}"
-                f"{edit}, Version: kuosan {__version__}" + (f", Batch: {num}" if num > 1 else ""))
-        return {"parameters": line, "kuosan": json.dumps(params)}
+        return generation_metadata(
+            {"prompt": args.prompt or "", "negative_prompt": args.negative, "seed": seed, "num": num,
+             "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+             "model": str(args.model), "model_hash": digest, "kuosan_version": __version__, **extra},
+            size)
 
     out: Path = args.out
     try:
@@ -580,6 +561,40 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serve -------------------------------------------------------------------------------------
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="the local web page: text to image and editing in the browser",
+        description="Serve a page for generating and editing images with one model, at "
+                    "http://HOST:PORT/ (the JSON API is described in kuosan.web). Ctrl-C stops it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or bundled model name")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=non_negative_int, default=7860, help="port (0: any free one)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+    from .web import WebApp, make_server
+
+    pipe = Pipeline.load(args.model, device=args.device)
+    server = make_server(WebApp(pipe, str(args.model)), args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"kuosan: serving '{args.model}' at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("kuosan: stopped", flush=True)
+    finally:
+        server.server_close()
+    return 0
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -594,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_edit(sub)
     add_eval(sub)
     add_export(sub)
+    add_serve(sub)
     return parser
 
 

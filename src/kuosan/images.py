@@ -10,6 +10,7 @@ into place (`os.replace`), so a crash never leaves a half-written image where a 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -157,6 +158,25 @@ def save_png(img: Image.Image, path: str | Path, text: dict[str, str] | None = N
             raise ValueError(f"PNG text key must be 1-79 Latin-1 characters, got {key!r}")
         info.add_text(key, str(value))
     return _atomic_write(Path(path), lambda f: img.save(f, format="PNG", pnginfo=info))
+
+
+GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "num", "sampler", "steps", "guidance",
+                   "model", "model_hash", "kuosan_version")
+
+
+def generation_metadata(params: dict, size: tuple[int, int]) -> dict[str, str]:
+    """PNG text chunks for a generated image: a "kuosan" JSON chunk holding ``params`` (the keys
+    of :data:`GENERATION_KEYS`, plus "command" and any edit settings) and an A1111-style
+    "parameters" line that other tools show; ``size`` is (W, H)."""
+    extra = {k: v for k, v in params.items() if k not in GENERATION_KEYS and k != "command"}
+    edit = "".join(f", {k.replace('_', ' ').capitalize()}: {v}" for k, v in extra.items())
+    num = params.get("num", 1)
+    line = (f"{params['prompt']}\nNegative prompt: {params.get('negative_prompt') or ''}\n"
+            f"Steps: {params['steps']}, Sampler: {params['sampler']}, CFG scale: {params['guidance']}, "
+            f"Seed: {params['seed']}, Size: {size[0]}x{size[1]}, Model hash: {params['model_hash']}, "
+            f"Model: {params['model']}{edit}, Version: kuosan {params['kuosan_version']}"
+            + (f", Batch: {num}" if num > 1 else ""))
+    return {"parameters": line, "kuosan": json.dumps(params)}
 
 
 def save_grid(
