@@ -8,7 +8,7 @@
 # Two stages. (1) 3,769 steps of the `fast` UNet with the jointly trained transformer encoder,
 # constant learning rate (~95 minutes on 2 CPU cores). (2) Fine-tuning from stage 1's EMA weights
 # with the UNet's position code switched on (`--pos-embed`: it starts at zero, so stage 2 starts
-# as stage 1's model) and a cosine learning-rate decay, 4,800 steps (~2 hours). Stage 1 alone
+# as stage 1's model) and a cosine learning-rate decay, 4,000 steps (~95 minutes). Stage 1 alone
 # ignored position words (position accuracy at chance); see docs/shapes-32.md.
 #
 # Every random draw of training step k is seeded by (seed, k), so the same commands give the same
@@ -17,7 +17,7 @@
 set -euo pipefail
 RUN=${1:-runs/shapes-32}
 STEPS1=3769
-STEPS2=4800
+STEPS2=4000
 GUIDANCE=2
 
 kuosan train --data shapes --size 32 --preset fast --text-encoder transformer --cond-drop 0.1 \

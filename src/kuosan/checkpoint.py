@@ -142,6 +142,30 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
 # ---- loading -----------------------------------------------------------------------------------
 
 
+BUNDLED = Path(__file__).parent / "bundled"  # models shipped in the package, a folder each
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped with the package (``Pipeline.load(name)``)."""
+    if not BUNDLED.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A checkpoint folder: the path itself if it exists, else a model bundled with the package
+    under that name (``src/kuosan/bundled/NAME``). An unknown bare name gets a clear error."""
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    bundled = BUNDLED / path.name
+    if (bundled / "config.json").is_file():
+        return bundled
+    names = ", ".join(bundled_models()) or "none"
+    raise KuosanError(f"'{name_or_path}' is neither a checkpoint folder nor a model bundled with "
+                      f"this kuosan version (bundled: {names})")
+
+
 def load_config(folder: str | Path) -> dict:
     """Read and check a checkpoint's ``config.json``."""
     folder = Path(folder)

@@ -20,7 +20,14 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .checkpoint import load_config, load_state_dict_strict, load_weights
+from .checkpoint import (  # noqa: F401 (BUNDLED, bundled_models: importable from here too)
+    BUNDLED,
+    bundled_models,
+    load_config,
+    load_state_dict_strict,
+    load_weights,
+    resolve_model,
+)
 from .data import DataInfo, denormalize
 from .edit import (
     RESAMPLE_SAMPLERS,
@@ -48,31 +55,7 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def resolve_model(name_or_path: str | Path) -> Path:
-    """A checkpoint folder: the path itself if it exists, else a model bundled with the package
-    under that name (``src/kuosan/bundled/NAME``). An unknown bare name gets a clear error."""
-    path = Path(name_or_path)
-    if path.exists() or len(path.parts) != 1:
-        return path
-    bundled = BUNDLED / path.name
-    if (bundled / "config.json").is_file():
-        return bundled
-    names = ", ".join(bundled_models()) or "none"
-    raise KuosanError(f"'{name_or_path}' is neither a checkpoint folder nor a model bundled with "
-                      f"this kuosan version (bundled: {names})")
-
-
 INPAINT_RESAMPLE = 5  # RePaint resamplings of Pipeline.inpaint by default (docs/editing.md)
-BUNDLED = Path(__file__).parent / "bundled"  # models shipped in the package, a folder each
-
-
-def bundled_models() -> list[str]:
-    """Names of the models shipped with the package (``Pipeline.load(name)``)."""
-    if not BUNDLED.is_dir():
-        return []
-    return sorted(p.name for p in BUNDLED.iterdir() if (p / "config.json").is_file())
-
-
 class Pipeline:
     """A denoiser, its noise schedule and what its outputs mean."""
 

@@ -37,6 +37,7 @@ from .checkpoint import (
     optimizer_from_tensors,
     optimizer_to_tensors,
     read_tensors,
+    resolve_model,
     save_checkpoint,
 )
 from .conditional import TextConditionedUNet, drop_captions, make_text_encoder
@@ -241,8 +242,6 @@ def points_image(points: Tensor, size: int = 256, extent: float = 3.5) -> Tensor
 
 def resolve_checkpoint(name_or_path: str) -> Path:
     """The checkpoint folder of ``--init-from``: a folder with config.json, or a bundled model."""
-    from .pipeline import resolve_model
-
     path = resolve_model(name_or_path)
     if not (path / "config.json").is_file():
         raise KuosanError(f"--init-from: '{name_or_path}' holds no config.json (not a checkpoint)")
