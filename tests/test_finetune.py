@@ -103,8 +103,10 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
     b = ft.generate("a red circle", num_inference_steps=3, seed=0, num_images_per_prompt=2)
     for ia, ib in zip(a, b, strict=True):
         assert np.array_equal(np.asarray(ia), np.asarray(ib))
-    # and training goes on from there
-    train_tiny_text(dataclasses.replace(cfg, steps=2), tmp_path / "ft2")
+    # and training goes on from there, with the position code (or without: a clear error)
+    train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "ft2")
+    with pytest.raises(KuosanError, match="add --pos-embed"):
+        train_tiny_text(dataclasses.replace(cfg, pos_embed=False, init_from=str(out)), tmp_path / "ft3")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -121,3 +123,12 @@ def test_init_from_a_missing_folder(tmp_path):
     cfg = dataclasses.replace(TINY_TEXT, init_from=str(tmp_path / "nowhere"))
     with pytest.raises(KuosanError, match="nowhere"):
         train_tiny_text(cfg, tmp_path / "bad")
+
+
+def test_unknown_words_of_a_fine_tuning_data_set():
+    from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
+    from kuosan.train import unknown_words
+
+    enc = SmallTransformerEncoder(WordTokenizer(["a", "red"]), dim=8, depth=1, heads=2)
+    assert unknown_words(enc, ["a red cat", "A dog", ""]) == (["cat", "dog"], pytest.approx(2 / 5))
+    assert unknown_words(enc, ["a red"]) == ([], 0.0)

@@ -19,7 +19,9 @@ import functools
 import json
 import math
 import signal
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,6 +265,32 @@ def source_text_encoder(source: Path, encoder: Any) -> Any:
     return text_encoder_from_config(stored)
 
 
+def unknown_words(encoder: Any, captions: Sequence[str]) -> tuple[list[str], float]:
+    """(the words of ``captions`` outside a word tokenizer's vocabulary, sorted; the fraction
+    of caption words they make up). ([], 0.0) for other encoders."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if getattr(tokenizer, "kind", None) != "word":
+        return [], 0.0
+    known, unknown, total, missed = set(tokenizer.words), set(), 0, 0
+    for caption in captions:
+        words = tokenizer.split(caption)
+        total += len(words)
+        for w in words:
+            if w not in known:
+                unknown.add(w)
+                missed += 1
+    return sorted(unknown), missed / max(total, 1)
+
+
+def warn_unknown_words(encoder: Any, captions: Sequence[str], source: Path) -> None:
+    words, fraction = unknown_words(encoder, captions)
+    if words:
+        shown = ", ".join(words[:8]) + (", …" if len(words) > 8 else "")
+        print(f"kuosan: warning: {len(words)} word(s) of the captions ({fraction:.0%} of all words) "
+              f"are not in the vocabulary of '{source}' and read as <unk>: {shown}",
+              file=sys.stderr, flush=True)
+
+
 def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     """Copy ``source``'s EMA weights into the model and its EMA (fine-tuning, ``--init-from``).
 
@@ -273,6 +301,8 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     tensors, _ = load_weights(source, "ema")
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
+    if unexpected and all(".pos." in k or "input_pos." in k for k in unexpected):
+        raise KuosanError(f"--init-from: '{source}' has a position code: add --pos-embed")
     if unexpected:
         raise KuosanError(f"--init-from: '{source}' has weights this model lacks "
                           f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); "
@@ -337,6 +367,8 @@ class Trainer:
             if encoder is not None and (resume or source is not None):
                 # the stored encoder (its vocabulary), not one fitted anew on these captions
                 encoder = source_text_encoder(self.out if resume else source, encoder)
+                if not resume:
+                    warn_unknown_words(encoder, self.captions, source)
             self.kind, self.model_config = model_spec(config, self.info, encoder.dim if encoder else 0)
             model = build_model(self.kind, self.model_config)
             if encoder is not None:
