@@ -132,3 +132,14 @@ def test_serve_on_a_bad_address_is_a_clear_error(tiny_text_run, capsys):
 
     assert main(["serve", "--model", str(tiny_text_run), "--host", "999.1.1.1", "--port", "0"]) == 2
     assert "cannot listen on 999.1.1.1" in capsys.readouterr().err
+
+
+def test_an_internal_error_answers_500_and_the_server_goes_on(app, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.pipe, "generate", broken)
+    status, answer = post(app, "/api/generate", {"steps": 1})
+    assert status == 500 and "RuntimeError: boom" in answer["error"]
+    monkeypatch.undo()
+    assert post(app, "/api/generate", {"steps": 1})[0] == 200

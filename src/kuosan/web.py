@@ -26,6 +26,7 @@ import json
 import math
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,7 +90,7 @@ def decode_image(data: Any, name: str) -> Image.Image:
         raw = base64.b64decode(payload, validate=True)
         img = Image.open(io.BytesIO(raw))
         img.load()
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, Image.DecompressionBombError) as err:
         raise KuosanError(f"{name}: cannot decode the image ({err})") from None
     return img
 
@@ -228,6 +229,10 @@ class WebApp:
             return _json(HTTPStatus.BAD_REQUEST, {"error": f"the request is not JSON: {err}"})
         except KuosanError as err:
             return _json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+        except Exception as err:  # noqa: BLE001 (a bug of ours: say so, keep serving, log it)
+            traceback.print_exc()
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR,
+                         {"error": f"internal error ({type(err).__name__}: {err}); please report it"})
         return _json(HTTPStatus.OK, answer)
 
 
