@@ -77,6 +77,30 @@ def test_position_code_lets_attention_tell_pixels_apart(cross):
 def test_bad_pos_embed_value():
     with pytest.raises(KuosanError, match="pos_embed"):
         UNetConfig(pos_embed="yes")
+    with pytest.raises(KuosanError, match="pooled_layout needs cond_dim"):
+        UNetConfig(pooled_layout=True)
+
+
+def test_pooled_layout_is_a_caption_dependent_map():
+    torch.manual_seed(0)
+    unet = build_model("unet", dataclasses.replace(TINY_UNET, pooled_layout=True))
+    assert torch.count_nonzero(unet.layout_proj.weight) == 0  # zero at the start
+    for p in unet.parameters():  # non-zero everywhere, so the output depends on every block
+        torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.zeros_(unet.layout_proj.weight)
+    x, t = torch.randn(1, 3, 16, 16).expand(2, -1, -1, -1), torch.tensor([500.0, 500.0])
+    pooled = torch.randn(2, 8)
+    with torch.no_grad():
+        base = unet(x[:1], t[:1], pooled=pooled[:1])
+        assert torch.count_nonzero(unet.layout_map(pooled, 16, 16)) == 0
+        torch.nn.init.normal_(unet.layout_proj.weight)
+        layout = unet.layout_map(pooled, 16, 16)
+        assert layout.shape == (2, 16, 16, 16)
+        assert not torch.allclose(layout[0], layout[1])  # depends on the caption...
+        assert layout[0].std(dim=(-2, -1)).min() > 0  # ...and on the place
+        assert not torch.allclose(unet(x[:1], t[:1], pooled=pooled[:1]), base)
+        # linear in the pooled vector
+        torch.testing.assert_close(unet.layout_map(2 * pooled, 16, 16), 2 * layout)
 
 
 def test_cosine_learning_rate():
@@ -90,14 +114,21 @@ def test_cosine_learning_rate():
         dataclasses.replace(cfg, steps=None, minutes=5.0).check()
     with pytest.raises(KuosanError, match="--lr-decay"):
         dataclasses.replace(cfg, lr_decay="linear").check()
+    # a run that stops at step 60 of a schedule to 110 follows the same curve
+    early = dataclasses.replace(cfg, steps=60, decay_steps=110)
+    assert [learning_rate(early, k) for k in range(60)] == [learning_rate(cfg, k) for k in range(60)]
+    with pytest.raises(KuosanError, match="--decay-steps"):
+        dataclasses.replace(cfg, decay_steps=5).check()
 
 
 def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp_path):
     out = tmp_path / "ft"
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, pos_embed=True, init_from=str(tiny_text_run))
+    cfg = dataclasses.replace(TINY_TEXT, steps=0, pos_embed=True, pooled_layout=True,
+                              init_from=str(tiny_text_run))
     train_tiny_text(cfg, out)
     src, ft = Pipeline.load(tiny_text_run), Pipeline.load(out)
     assert ft.config["model"]["config"]["pos_embed"] is True
+    assert ft.config["model"]["config"]["pooled_layout"] is True
     assert ft.config["text_encoder"] == src.config["text_encoder"]
     a = src.generate("a red circle", num_inference_steps=3, seed=0, num_images_per_prompt=2)
     b = ft.generate("a red circle", num_inference_steps=3, seed=0, num_images_per_prompt=2)
@@ -107,6 +138,8 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
     train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "ft2")
     with pytest.raises(KuosanError, match="add --pos-embed"):
         train_tiny_text(dataclasses.replace(cfg, pos_embed=False, init_from=str(out)), tmp_path / "ft3")
+    with pytest.raises(KuosanError, match="add --pooled-layout"):
+        train_tiny_text(dataclasses.replace(cfg, pooled_layout=False, init_from=str(out)), tmp_path / "ft4")
 
 
 @pytest.mark.parametrize("change, message", [

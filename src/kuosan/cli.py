@@ -49,7 +49,8 @@ TRAIN_FLAGS = {
     "save_every": "save_every", "device": "device", "bf16": "bf16", "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
-    "pos_embed": "pos_embed", "init_from": "init_from",
+    "decay_steps": "decay_steps",
+    "pos_embed": "pos_embed", "pooled_layout": "pooled_layout", "init_from": "init_from",
 }
 # what a resumed run may change; everything else comes from the checkpoint
 RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
@@ -88,9 +89,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=non_negative_int, default=d.warmup_steps, help="linear warm-up steps")
     p.add_argument("--lr-decay", choices=("none", "cosine"), default=d.lr_decay,
                    help="after warm-up: constant, or cosine decay to 0 at --steps")
+    p.add_argument("--decay-steps", type=positive_int, default=None,
+                   help="the step where the cosine decay reaches 0 (default: --steps); a run may "
+                        "stop before it")
     p.add_argument("--pos-embed", action="store_true",
                    help="give the UNet a learned code of each pixel's position (for captions that "
                         "say where things are)")
+    p.add_argument("--pooled-layout", action="store_true",
+                   help="text models: a map from the pooled caption to the canvas (a direct path for "
+                        "where things go)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's EMA weights (fine-tuning; the same preset and "
                         "text encoder, optionally adding --pos-embed)")

@@ -81,7 +81,8 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     warmup_steps: int = 200
-    lr_decay: str = "none"  # none (constant after warm-up) or cosine (to 0 at --steps)
+    lr_decay: str = "none"  # none (constant after warm-up) or cosine (to 0 at decay_steps)
+    decay_steps: int | None = None  # where the cosine reaches 0; None: at --steps
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_half_life_images: float = 100_000.0  # EMA half-life in images (EDM), ramped up below
@@ -99,6 +100,7 @@ class TrainConfig:
     cond_drop: float = 0.1  # probability of training on the empty caption (classifier-free guidance)
     grid_guidance: float = 3.0  # guidance scale of the sample grids of text-conditioned models
     pos_embed: bool = False  # a learned absolute position code in the UNet (UNetConfig.pos_embed)
+    pooled_layout: bool = False  # a map from the pooled caption to the canvas (text models)
     init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning)
 
     def check(self) -> None:
@@ -134,8 +136,12 @@ class TrainConfig:
             raise KuosanError(f"--cond-drop must be in [0, 1], got {self.cond_drop}")
         if self.lr_decay not in ("none", "cosine"):
             raise KuosanError(f"--lr-decay must be none or cosine, got {self.lr_decay!r}")
-        if self.lr_decay == "cosine" and self.steps is None:
-            raise KuosanError("--lr-decay cosine decays to 0 at --steps: give --steps N")
+        if self.lr_decay == "cosine" and self.steps is None and self.decay_steps is None:
+            raise KuosanError("--lr-decay cosine decays to 0 at --steps: give --steps N "
+                              "(or --decay-steps N)")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise KuosanError(f"--decay-steps must be more than the warm-up steps "
+                              f"({self.warmup_steps}), got {self.decay_steps}")
         if self.model not in ("auto", "mlp", *UNET_PRESETS):
             raise KuosanError(f"--preset must be auto, mlp or one of {', '.join(UNET_PRESETS)}, "
                               f"got {self.model!r}")
@@ -195,11 +201,13 @@ def ema_update(ema: nn.Module, model: nn.Module, beta: float) -> None:
 
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up from 0 over ``warmup_steps``, then constant (``lr_decay="none"``) or
-    lr·½(1 + cos(π·s)) with s the fraction of the steps after warm-up done (``"cosine"``)."""
+    lr·½(1 + cos(π·s)) with s the fraction done of the steps from the warm-up's end to
+    ``decay_steps`` (default ``steps``), 0 after it (``"cosine"``)."""
     if config.warmup_steps and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    if config.lr_decay == "cosine" and config.steps is not None:
-        span = max(config.steps - config.warmup_steps, 1)
+    end = config.decay_steps if config.decay_steps is not None else config.steps
+    if config.lr_decay == "cosine" and end is not None:
+        span = max(end - config.warmup_steps, 1)
         done = min(max(step - config.warmup_steps, 0) / span, 1.0)
         return config.lr * 0.5 * (1 + math.cos(math.pi * done))
     return config.lr
@@ -211,8 +219,9 @@ def model_spec(config: TrainConfig, info: DataInfo, text_dim: int = 0) -> tuple[
     if info.kind == "vector":
         if config.model not in ("auto", "mlp"):
             raise KuosanError(f"--preset {config.model} is a UNet, but {info.name} holds vectors: use mlp")
-        if config.pos_embed:
-            raise KuosanError(f"--pos-embed is for UNets, but {info.name} holds vectors")
+        if config.pos_embed or config.pooled_layout:
+            raise KuosanError(f"--pos-embed and --pooled-layout are for UNets, but {info.name} "
+                              "holds vectors")
         cfg = MLPConfig(dim=info.shape[0])
         if config.dropout is not None:
             cfg = dataclasses.replace(cfg, dropout=config.dropout)
@@ -226,6 +235,10 @@ def model_spec(config: TrainConfig, info: DataInfo, text_dim: int = 0) -> tuple[
         overrides["dropout"] = config.dropout
     if config.pos_embed:
         overrides["pos_embed"] = True
+    if config.pooled_layout:
+        if not text_dim:
+            raise KuosanError("--pooled-layout maps the caption to the canvas: it needs --text-encoder")
+        overrides["pooled_layout"] = True
     if text_dim:
         overrides.update(cond_dim=text_dim, context_dim=text_dim,
                          cross_attn_resolutions=tuple(r for r in (h // 2, h // 4) if r >= 2))
@@ -295,14 +308,16 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     """Copy ``source``'s EMA weights into the model and its EMA (fine-tuning, ``--init-from``).
 
     Every source tensor must exist in the model with the same shape. Model tensors that the source
-    lacks keep their initial values; that is only allowed for blocks that start as the identity
-    (the position code of ``--pos-embed``), so the model starts as the source's function.
+    lacks keep their initial values, which must be zero (the maps of ``--pos-embed`` and
+    ``--pooled-layout``), so the model starts as the source's function.
     """
     tensors, _ = load_weights(source, "ema")
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
     if unexpected and all(".pos." in k or "input_pos." in k for k in unexpected):
         raise KuosanError(f"--init-from: '{source}' has a position code: add --pos-embed")
+    if unexpected and all("layout_proj." in k for k in unexpected):
+        raise KuosanError(f"--init-from: '{source}' has a caption layout map: add --pooled-layout")
     if unexpected:
         raise KuosanError(f"--init-from: '{source}' has weights this model lacks "
                           f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); "
@@ -311,8 +326,10 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
         if own[k].shape != v.shape:
             raise KuosanError(f"--init-from: '{source}' tensor {k} has shape {tuple(v.shape)}, "
                               f"this model's is {tuple(own[k].shape)}")
+    # tensors the source lacks must start at zero (the zero-initialised maps of --pos-embed and
+    # --pooled-layout), so that the model starts as the source's function
     fresh = sorted(set(own) - set(tensors))
-    not_identity = [k for k in fresh if ".pos." not in k and "input_pos." not in k]
+    not_identity = [k for k in fresh if torch.count_nonzero(own[k])]
     if not_identity:
         raise KuosanError(f"--init-from: '{source}' lacks weights of this model "
                           f"({', '.join(not_identity[:3])}{'…' if len(not_identity) > 3 else ''}); "
@@ -321,7 +338,7 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     model.load_state_dict(full, strict=True)
     ema.load_state_dict(full, strict=True)
     print(f"kuosan: starting from the EMA weights of '{source}'"
-          + (f" ({len(fresh)} new position-code tensors start at zero)" if fresh else ""), flush=True)
+          + (f" ({len(fresh)} new tensors start at zero)" if fresh else ""), flush=True)
 
 
 # ---- the trainer ----------------------------------------------------------------------------------

@@ -25,6 +25,12 @@ features after the input conv and to the tokens of every attention block. Its ma
 zero, so weights trained without it load into a UNet with it and compute the same function
 (`kuosan train --init-from`).
 
+Layout from the caption (`pooled_layout`, off by default; needs `cond_dim`): a map added to the
+features after the input conv, L[b, c, i, j] = Σ_k A_b[c, k]·f_k(i, j) with A_b = W·pooled_b
+reshaped to [C, F] and f the pixel's Fourier coordinate features. It is a direct path from the
+caption to *where* things go (linear in the pooled vector), which attention with a position code
+learns only slowly; W starts at zero.
+
 Shapes: B batch, C channels, H×W pixels, E = 4 · base_channels the embedding width.
 """
 
@@ -39,7 +45,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kuosan.errors import KuosanError
-from kuosan.models.attention import AttnBlock, CrossAttnBlock, PositionEmbedding, zero_init
+from kuosan.models.attention import (
+    AttnBlock,
+    CrossAttnBlock,
+    PositionEmbedding,
+    coord_features,
+    zero_init,
+)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -85,7 +97,8 @@ class UNetConfig:
     rows, the last is the null class); `cond_dim` > 0 adds a projected pooled vector of that size;
     `context_dim` > 0 adds cross-attention to token states of that width in the middle block and,
     after each residual block (and its self-attention), at the `cross_attn_resolutions`.
-    `pos_embed` adds a learned absolute position code (see the module docstring).
+    `pos_embed` adds a learned absolute position code, `pooled_layout` a map from the pooled
+    vector to the canvas (see the module docstring).
     """
 
     in_channels: int = 3
@@ -103,6 +116,7 @@ class UNetConfig:
     context_dim: int = 0
     cross_attn_resolutions: tuple[int, ...] = ()
     pos_embed: bool = False
+    pooled_layout: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "image_size", "base_channels",
@@ -141,8 +155,11 @@ class UNetConfig:
                     f"UNetConfig: {ch} channels (base_channels={self.base_channels} × {mult}) "
                     f"are not divisible by head_dim={self.head_dim}"
                 )
-        if not isinstance(self.pos_embed, bool):
-            raise KuosanError(f"UNetConfig.pos_embed must be true or false, got {self.pos_embed!r}")
+        for name in ("pos_embed", "pooled_layout"):
+            if not isinstance(getattr(self, name), bool):
+                raise KuosanError(f"UNetConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.pooled_layout and not self.cond_dim:
+            raise KuosanError("UNetConfig.pooled_layout needs cond_dim > 0 (a pooled caption vector)")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise KuosanError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -270,6 +287,9 @@ class UNet(nn.Module):
         pos = cfg.pos_embed
         if pos:
             self.input_pos = PositionEmbedding(base * cfg.channel_mult[0])
+        if cfg.pooled_layout:  # pooled [B, Dp] -> A [B, C, F] (F Fourier features per pixel)
+            self.layout_proj = zero_init(nn.Linear(
+                cfg.cond_dim, base * cfg.channel_mult[0] * 4 * PositionEmbedding.num_freqs, bias=False))
 
         def cross_attn(ch: int) -> CrossAttnBlock:
             return CrossAttnBlock(ch, cfg.context_dim, cfg.head_dim, groups, pos_embed=pos)
@@ -360,6 +380,7 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.condition_embedding(self.time_embedding(t), class_labels, pooled)
+        layout = self.layout_map(pooled, *x.shape[-2:]) if pooled is not None else None
         if context is not None:
             if not self.config.context_dim:
                 raise KuosanError("context given to a UNet with context_dim=0")
@@ -368,14 +389,24 @@ class UNet(nn.Module):
                 _check_shape("context_mask", context_mask, tuple(context.shape[:2]))
         elif context_mask is not None:
             raise KuosanError("context_mask given without context")
-        return self.forward_emb(x, emb, context, context_mask)
+        return self.forward_emb(x, emb, context, context_mask, layout)
+
+    def layout_map(self, pooled: Tensor, height: int, width: int) -> Tensor | None:
+        """L = A·f(i, j) with A = W·pooled as [B, C, F]: [B, C, H, W] (None without pooled_layout)."""
+        if not self.config.pooled_layout:
+            return None
+        w = self.layout_proj.weight
+        a = self.layout_proj(pooled.to(w.device, w.dtype)).unflatten(-1, (-1, 4 * PositionEmbedding.num_freqs))
+        f = coord_features(height, width, PositionEmbedding.num_freqs, w.device).to(w.dtype)  # [HW, F]
+        return (a @ f.T).unflatten(-1, (height, width))
 
     def forward_emb(
         self, x: Tensor, emb: Tensor, context: Tensor | None = None,
-        context_mask: Tensor | None = None,
+        context_mask: Tensor | None = None, layout: Tensor | None = None,
     ) -> Tensor:
-        """The network given the embedding emb [B, E] (time embedding, plus any conditioning)
-        and the token states for cross-attention (None: no tokens)."""
+        """The network given the embedding emb [B, E] (time embedding, plus any conditioning),
+        the token states for cross-attention (None: no tokens) and the layout map added after
+        the input conv (None: none)."""
         factor = 2 ** (len(self.config.channel_mult) - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise KuosanError(
@@ -385,6 +416,8 @@ class UNet(nn.Module):
         h = self.input_conv(x)
         if self.config.pos_embed:  # [H·W, C] -> [1, C, H, W]
             h = h + self.input_pos(*h.shape[-2:]).T.reshape(1, -1, *h.shape[-2:])
+        if layout is not None:
+            h = h + layout
         skips = [h]
         for stage in self.down:
             h = stage(h, emb, context, context_mask)
