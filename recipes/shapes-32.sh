@@ -5,13 +5,16 @@
 #
 #   bash recipes/shapes-32.sh [RUN_FOLDER]
 #
-# Three stages, each starting from the previous one's EMA weights (`--init-from`); the new maps
-# of stages 2 and 3 start at zero, so each stage starts as the previous stage's model.
+# Four stages, each starting from the previous one's EMA weights (`--init-from`); the new maps
+# of stages 2-4 start at zero, so each stage starts as the previous stage's model.
 #   1. 3,769 steps of the `fast` UNet with the jointly trained transformer encoder, constant
 #      learning rate (~95 minutes on 2 CPU cores).
 #   2. + the UNet's position code (`--pos-embed`), 1,250 steps of a cosine decay planned for
-#      4,000 (the run was stopped there when position accuracy had not moved; ~27 minutes).
-#   3. + the caption layout map (`--pooled-layout`), 3,400 steps with a cosine decay (~75 min).
+#      4,000 (stopped there: position accuracy had not moved; ~27 minutes).
+#   3. + the caption layout map (`--pooled-layout`), 750 steps of a cosine decay planned for
+#      3,400 (stopped there: position words still had no effect, because the encoder's states
+#      for them had become nearly identical; ~16 minutes).
+#   4. + the encoder's per-word skip (`--word-skip`), 2,800 steps with a cosine decay (~65 min).
 # Stage 1 alone ignored position words (position accuracy at chance); see docs/shapes-32.md.
 #
 # Every random draw of training step k is seeded by (seed, k), so the same commands give the same
@@ -28,5 +31,7 @@ kuosan train "${COMMON[@]}" --seed 0 --steps 3769 --out "$RUN-stage1"
 kuosan train "${COMMON[@]}" --seed 1 --pos-embed --init-from "$RUN-stage1" \
     --lr-decay cosine --decay-steps 4000 --steps 1250 --out "$RUN-stage2"
 kuosan train "${COMMON[@]}" --seed 2 --pos-embed --pooled-layout --init-from "$RUN-stage2" \
-    --lr-decay cosine --steps 3400 --out "$RUN"
+    --lr-decay cosine --decay-steps 3400 --steps 750 --out "$RUN-stage3"
+kuosan train "${COMMON[@]}" --seed 3 --pos-embed --pooled-layout --word-skip \
+    --init-from "$RUN-stage3" --lr-decay cosine --steps 2800 --out "$RUN"
 kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE" --sampler dpmpp_2m

@@ -165,3 +165,24 @@ def test_unknown_words_of_a_fine_tuning_data_set():
     enc = SmallTransformerEncoder(WordTokenizer(["a", "red"]), dim=8, depth=1, heads=2)
     assert unknown_words(enc, ["a red cat", "A dog", ""]) == (["cat", "dog"], pytest.approx(2 / 5))
     assert unknown_words(enc, ["a red"]) == ([], 0.0)
+
+
+def test_word_skip_starts_at_zero_and_keeps_words_apart():
+    from kuosan.models.text import SmallTransformerEncoder, WordTokenizer, text_encoder_from_config
+
+    torch.manual_seed(0)
+    tok = WordTokenizer(["a", "red", "top", "bottom"])
+    plain = SmallTransformerEncoder(tok, dim=16, depth=2, heads=2)
+    skip = SmallTransformerEncoder(tok, dim=16, depth=2, heads=2, word_skip=True)
+    skip.load_state_dict({**plain.state_dict(), "skip_embedding.weight": torch.zeros(7, 16)})
+    caps = ["a red top", "a red bottom"]
+    with torch.no_grad():
+        torch.testing.assert_close(skip.encode(caps).tokens, plain.encode(caps).tokens)
+        skip.skip_embedding.weight[tok.encode("top")[0]] = 5.0
+        diff = skip.encode(caps).tokens[0, -1] - skip.encode(caps).tokens[1, -1]
+        assert diff.norm() > 10  # the skip reaches the output state of its own word
+        out = skip.encode(["a"]).tokens
+        assert torch.count_nonzero(out[0, 1] - plain.encode(["a"]).tokens[0, 1]) == 0  # others not
+    cfg = skip.config()
+    assert cfg["word_skip"] is True and "word_skip" not in plain.config()
+    assert text_encoder_from_config(cfg).word_skip

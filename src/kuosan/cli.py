@@ -50,7 +50,8 @@ TRAIN_FLAGS = {
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
     "decay_steps": "decay_steps",
-    "pos_embed": "pos_embed", "pooled_layout": "pooled_layout", "init_from": "init_from",
+    "pos_embed": "pos_embed", "pooled_layout": "pooled_layout",
+    "word_skip": "word_skip", "init_from": "init_from",
 }
 # what a resumed run may change; everything else comes from the checkpoint
 RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
@@ -98,6 +99,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooled-layout", action="store_true",
                    help="text models: a map from the pooled caption to the canvas (a direct path for "
                         "where things go)")
+    p.add_argument("--word-skip", action="store_true",
+                   help="--text-encoder transformer: a learned vector per word added to its output "
+                        "(keeps every word distinct)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's EMA weights (fine-tuning; the same preset and "
                         "text encoder, optionally adding --pos-embed)")

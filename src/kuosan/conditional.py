@@ -77,12 +77,15 @@ def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator)
     return [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
 
 
-def make_text_encoder(spec: str, captions: Sequence[str]) -> TextEncoder:
+def make_text_encoder(spec: str, captions: Sequence[str], word_skip: bool = False) -> TextEncoder:
     """The encoder named by ``--text-encoder``: "transformer" (trained jointly; a word vocabulary
-    fitted on the training captions), "minilm" (frozen, offline), or a local transformers folder."""
+    fitted on the training captions; ``word_skip``: see SmallTransformerEncoder), "minilm"
+    (frozen, offline), or a local transformers folder."""
     if spec == "transformer":
         return SmallTransformerEncoder(WordTokenizer.fit(captions), dim=128, depth=3, heads=4,
-                                       max_length=32)
+                                       max_length=32, word_skip=word_skip)
+    if word_skip:
+        raise KuosanError("--word-skip is for the jointly trained transformer encoder")
     if spec == "minilm":
         return MiniLMEncoder()
     return HFEncoder(spec)

@@ -101,6 +101,7 @@ class TrainConfig:
     grid_guidance: float = 3.0  # guidance scale of the sample grids of text-conditioned models
     pos_embed: bool = False  # a learned absolute position code in the UNet (UNetConfig.pos_embed)
     pooled_layout: bool = False  # a map from the pooled caption to the canvas (text models)
+    word_skip: bool = False  # the small transformer: a per-word vector added to its output states
     init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning)
 
     def check(self) -> None:
@@ -263,10 +264,11 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     return path
 
 
-def source_text_encoder(source: Path, encoder: Any) -> Any:
+def source_text_encoder(source: Path, encoder: Any, word_skip: bool = False) -> Any:
     """The text encoder of the checkpoint ``source`` (``--init-from``'s, or the run's own on
     ``--resume``), which must be of the kind this run asks for: the jointly trained transformer
-    keeps the source's vocabulary, so its weights fit whatever the captions now are."""
+    keeps the source's vocabulary, so its weights fit whatever the captions now are.
+    ``word_skip`` adds the (zero-initialised) per-word skip to a transformer that lacks it."""
     from .models.text import text_encoder_from_config
 
     stored = load_config(source).get("text_encoder")
@@ -275,6 +277,8 @@ def source_text_encoder(source: Path, encoder: Any) -> Any:
     if stored.get("type") != encoder.config().get("type"):
         raise KuosanError(f"'{source}' has a {stored.get('type')} text encoder, "
                           f"this run asks for {encoder.config().get('type')}")
+    if word_skip and stored.get("type") == "transformer":
+        stored = {**stored, "word_skip": True}
     return text_encoder_from_config(stored)
 
 
@@ -318,6 +322,8 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
         raise KuosanError(f"--init-from: '{source}' has a position code: add --pos-embed")
     if unexpected and all("layout_proj." in k for k in unexpected):
         raise KuosanError(f"--init-from: '{source}' has a caption layout map: add --pooled-layout")
+    if unexpected and all("skip_embedding." in k for k in unexpected):
+        raise KuosanError(f"--init-from: '{source}' has a word skip in its encoder: add --word-skip")
     if unexpected:
         raise KuosanError(f"--init-from: '{source}' has weights this model lacks "
                           f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); "
@@ -380,10 +386,12 @@ class Trainer:
         source = None if resume or not config.init_from else resolve_checkpoint(config.init_from)
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
             torch.manual_seed(config.seed)
-            encoder = make_text_encoder(config.text_encoder, self.captions) if self.captions else None
+            encoder = (make_text_encoder(config.text_encoder, self.captions, word_skip=config.word_skip)
+                       if self.captions else None)
             if encoder is not None and (resume or source is not None):
                 # the stored encoder (its vocabulary), not one fitted anew on these captions
-                encoder = source_text_encoder(self.out if resume else source, encoder)
+                encoder = source_text_encoder(self.out if resume else source, encoder,
+                                              word_skip=config.word_skip and not resume)
                 if not resume:
                     warn_unknown_words(encoder, self.captions, source)
             self.kind, self.model_config = model_spec(config, self.info, encoder.dim if encoder else 0)

@@ -218,10 +218,16 @@ class SmallTransformerEncoder(TextEncoder):
     <bos>, so the unconditional caption gets a learned embedding. tokenizer: default
     `CharTokenizer()` (no fitting); `WordTokenizer.fit(captions)` gives ~5× shorter sequences
     on ShapesWorld (at most 17 tokens against 86 characters).
+
+    `word_skip` adds a learned vector per token id to each output state (zero at the start):
+    with embeddings initialised small (std 0.02) the first layers' attention mixes the tokens,
+    and words that the image model does not use early on (ShapesWorld's position words) end up
+    with nearly the same states; the skip gives every word a direct path to the output.
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None, dim: int = 256, depth: int = 4,
-                 heads: int = 4, max_length: int = 96, dropout: float = 0.0):
+                 heads: int = 4, max_length: int = 96, dropout: float = 0.0,
+                 word_skip: bool = False):
         super().__init__()
         for name, value in (("dim", dim), ("depth", depth), ("heads", heads),
                             ("max_length", max_length)):
@@ -244,6 +250,12 @@ class SmallTransformerEncoder(TextEncoder):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(dim)
+        if not isinstance(word_skip, bool):
+            raise KuosanError(f"SmallTransformerEncoder.word_skip must be true or false, got {word_skip!r}")
+        self.word_skip = word_skip
+        if word_skip:
+            self.skip_embedding = nn.Embedding(self.tokenizer.vocab_size, dim, padding_idx=PAD)
+            nn.init.zeros_(self.skip_embedding.weight)
 
     def tokenize(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """ids (B, L) long, <pad>=0 after each caption, and mask (B, L) bool; L = longest."""
@@ -265,7 +277,10 @@ class SmallTransformerEncoder(TextEncoder):
         ids, mask = ids.to(device), mask.to(device).bool()
         h = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]
         h = self.layers(h, src_key_padding_mask=~mask)  # PyTorch's mask: True = ignore
-        h = self.final_norm(h) * mask.unsqueeze(-1).to(h.dtype)
+        h = self.final_norm(h)
+        if self.word_skip:
+            h = h + self.skip_embedding(ids)
+        h = h * mask.unsqueeze(-1).to(h.dtype)
         return TextEncoding(h, mask, masked_mean(h, mask))
 
     def encode(self, captions: Sequence[str]) -> TextEncoding:
@@ -274,7 +289,7 @@ class SmallTransformerEncoder(TextEncoder):
     def config(self) -> dict[str, Any]:
         return {"type": "transformer", "tokenizer": self.tokenizer.config(), "dim": self.dim,
                 "depth": self.depth, "heads": self.heads, "max_length": self.max_length,
-                "dropout": self.dropout}
+                "dropout": self.dropout, **({"word_skip": True} if self.word_skip else {})}
 
 
 # --- (b, c) frozen pretrained encoders through `transformers` ------------------------------------
@@ -443,7 +458,7 @@ TEXT_ENCODERS: dict[str, type[TextEncoder]] = {
     "hf": HFEncoder,
 }
 _KEYS = {
-    "transformer": {"tokenizer", "dim", "depth", "heads", "max_length", "dropout"},
+    "transformer": {"tokenizer", "dim", "depth", "heads", "max_length", "dropout", "word_skip"},
     "minilm": {"max_length"},
     "hf": {"path", "max_length", "normalize"},
 }
