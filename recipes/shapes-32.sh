@@ -14,7 +14,8 @@
 #   3. + the caption layout map (`--pooled-layout`), 750 steps of a cosine decay planned for
 #      3,400 (stopped there: position words still had no effect, because the encoder's states
 #      for them had become nearly identical; ~16 minutes).
-#   4. + the encoder's per-word skip (`--word-skip`), 2,800 steps with a cosine decay (~65 min).
+#   4. + the encoder's per-word skip (`--word-skip`), 2,327 steps of a cosine decay planned for
+#      2,800 (a `--minutes 66` run stopped there; `--steps 2327` reaches the same step).
 # Stage 1 alone ignored position words (position accuracy at chance); see docs/shapes-32.md.
 #
 # Every random draw of training step k is seeded by (seed, k), so the same commands give the same
@@ -33,5 +34,5 @@ kuosan train "${COMMON[@]}" --seed 1 --pos-embed --init-from "$RUN-stage1" \
 kuosan train "${COMMON[@]}" --seed 2 --pos-embed --pooled-layout --init-from "$RUN-stage2" \
     --lr-decay cosine --decay-steps 3400 --steps 750 --out "$RUN-stage3"
 kuosan train "${COMMON[@]}" --seed 3 --pos-embed --pooled-layout --word-skip \
-    --init-from "$RUN-stage3" --lr-decay cosine --steps 2800 --out "$RUN"
+    --init-from "$RUN-stage3" --lr-decay cosine --decay-steps 2800 --steps 2327 --out "$RUN"
 kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE" --sampler dpmpp_2m
