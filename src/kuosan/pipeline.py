@@ -219,7 +219,7 @@ class Pipeline:
         ``sampler`` None then means "ddpm"; otherwise None is the checkpoint's sampler). By
         default (``resample`` None) inpainting resamples :data:`INPAINT_RESAMPLE` times with
         "ddpm" unless a multistep ``sampler`` is named (then 1): on ShapesWorld it lifted
-        single-object edits from 17 % to 66 % (benchmarks/results/editing.md). An
+        single-object edits from 21 % to 72 % with the current shapes-32 (benchmarks/results/editing.md). An
         image larger than the model's size is repainted window by window. The mask must match
         the image's size and be black-and-white (:func:`kuosan.edit.mask_from_image`).
         Lists of images (of one size), masks and prompts, of equal lengths, edit many at once;
