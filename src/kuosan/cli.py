@@ -104,7 +104,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "(keeps every word distinct)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's EMA weights (fine-tuning; the same preset and "
-                        "text encoder, optionally adding --pos-embed)")
+                        "text encoder, optionally adding --pos-embed, --pooled-layout, --word-skip)")
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction, help="training target")
     p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
     p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")

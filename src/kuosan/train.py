@@ -308,6 +308,15 @@ def warn_unknown_words(encoder: Any, captions: Sequence[str], source: Path) -> N
               file=sys.stderr, flush=True)
 
 
+# optional parts of a network (a piece of their weights' names) and the flag that adds them
+OPTIONAL_PARTS = {".pos.": "--pos-embed", "input_pos.": "--pos-embed",
+                  "layout_proj.": "--pooled-layout", "skip_embedding.": "--word-skip"}
+
+
+def _flag_of_part(key: str) -> str | None:
+    return next((flag for piece, flag in OPTIONAL_PARTS.items() if piece in key), None)
+
+
 def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     """Copy ``source``'s EMA weights into the model and its EMA (fine-tuning, ``--init-from``).
 
@@ -318,12 +327,10 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     tensors, _ = load_weights(source, "ema")
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
-    if unexpected and all(".pos." in k or "input_pos." in k for k in unexpected):
-        raise KuosanError(f"--init-from: '{source}' has a position code: add --pos-embed")
-    if unexpected and all("layout_proj." in k for k in unexpected):
-        raise KuosanError(f"--init-from: '{source}' has a caption layout map: add --pooled-layout")
-    if unexpected and all("skip_embedding." in k for k in unexpected):
-        raise KuosanError(f"--init-from: '{source}' has a word skip in its encoder: add --word-skip")
+    flags = [_flag_of_part(k) for k in unexpected]
+    if unexpected and all(flags):
+        raise KuosanError(f"--init-from: '{source}' has parts this run leaves out: add "
+                          + " ".join(sorted(set(flags))))
     if unexpected:
         raise KuosanError(f"--init-from: '{source}' has weights this model lacks "
                           f"({', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}); "

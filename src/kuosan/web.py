@@ -117,6 +117,12 @@ class WebApp:
     pipe: Pipeline
     model_name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    digest: str = field(init=False)  # the weights' hash, once: it goes into every PNG
+
+    def __post_init__(self) -> None:
+        from .checkpoint import weights_digest
+
+        self.digest = weights_digest(self.pipe.path)
 
     def info(self) -> dict:
         from .samplers import SAMPLERS
@@ -191,15 +197,13 @@ class WebApp:
         return self._answer(images, p, extra)
 
     def _answer(self, images: list[Image.Image], p: dict, extra: dict) -> dict:
-        from .checkpoint import weights_digest
         from .images import generation_metadata
 
-        digest = weights_digest(self.pipe.path)
         out, parameters = [], ""
         for i, img in enumerate(images):
             params = {"prompt": p["prompt"], "negative_prompt": p["negative_prompt"], "seed": p["seed"] + i,
                       "num": 1, "sampler": p["sampler"], "steps": p["steps"], "guidance": p["guidance"],
-                      "model": self.model_name, "model_hash": digest, "kuosan_version": __version__,
+                      "model": self.model_name, "model_hash": self.digest, "kuosan_version": __version__,
                       **extra}
             text = generation_metadata(params, img.size)
             parameters = parameters or text["parameters"]
