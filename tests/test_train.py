@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from kuosan import KuosanError
-from kuosan.train import TrainConfig, batch_indices, ema_beta, train
+from kuosan.train import TrainConfig, batch_indices, ema_beta, train, with_high_noise
 
 TINY = TrainConfig(data="digits", steps=6, batch_size=16, warmup_steps=2, sample_every=0,
                    save_every=0, grid_size=4, grid_steps=3, log_every=2)
@@ -99,6 +99,7 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
     ({"prediction": "score"}, "--prediction"),
     ({"batch_size": 0}, "batch_size"),
     ({"model": "huge"}, "--preset"),
+    ({"high_noise": 1.5}, "--high-noise"),
 ])
 def test_bad_config_values(tmp_path, change, message):
     with pytest.raises(KuosanError, match=message):
@@ -111,6 +112,21 @@ def test_batch_indices_cover_each_epoch_once():
     for e in range(8):
         assert sorted(seen[e * n:(e + 1) * n].tolist()) == list(range(n))
     assert not torch.equal(batch_indices(0, 0, b, n), batch_indices(1, 0, b, n))
+
+
+def test_high_noise_draws_from_the_noisiest_steps():
+    t = torch.randint(0, 1000, (20_000,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(with_high_noise(t, 1000, 0.0, torch.Generator().manual_seed(1)), t)
+    every = with_high_noise(t, 1000, 1.0, torch.Generator().manual_seed(1))
+    assert every.min() == 850 and every.max() == 999  # {⌈0.85·T⌉, …, T−1}, all of it reached
+    some = with_high_noise(t, 1000, 0.4, torch.Generator().manual_seed(1))
+    changed = (some != t).float().mean().item()
+    # replaced with probability 0.4, and a replacement equals the old t with probability ~1/150
+    assert changed == pytest.approx(0.4 * (1 - 0.15 / 150), abs=0.015)
+    # density on the noisiest steps: 0.6·0.15 + 0.4 = 0.49 of all draws
+    assert (some >= 850).float().mean().item() == pytest.approx(0.49, abs=0.015)
+    assert torch.equal(some, with_high_noise(t, 1000, 0.4, torch.Generator().manual_seed(1)))
+    assert with_high_noise(t[:5], 3, 1.0, torch.Generator()).eq(2).all()  # tiny T: the last step
 
 
 def test_ema_beta_half_life():

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
 from .errors import KuosanError
 
 
@@ -45,7 +46,7 @@ TRAIN_FLAGS = {
     "data": "data", "size": "size", "channels": "channels", "preset": "model", "steps": "steps",
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
-    "weighting": "weighting", "seed": "seed", "sample_every": "sample_every",
+    "weighting": "weighting", "high_noise": "high_noise", "seed": "seed", "sample_every": "sample_every",
     "save_every": "save_every", "device": "device", "bf16": "bf16", "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
@@ -109,6 +110,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
     p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")
     p.add_argument("--weighting", choices=("uniform", "min_snr"), default=d.weighting, help="loss weighting")
+    p.add_argument("--high-noise", type=float, default=d.high_noise, metavar="FRACTION",
+                   help="fraction of examples whose timestep is drawn from the noisiest 15%% of steps, "
+                        "where a caption decides the layout (default 0: all uniform)")
     p.add_argument("--ema-half-life", type=positive_float, default=d.ema_half_life_images,
                    help="EMA half-life in images")
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
@@ -397,8 +401,8 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
                    help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
     p.set_defaults(func=run_edit)
 
-    for name, strength, what in (("vary", 0.4, "variations of an image"),
-                                 ("img2img", 0.7, "redraw an image towards a caption")):
+    for name, strength, what in (("vary", VARY_STRENGTH, "variations of an image"),
+                                 ("img2img", IMG2IMG_STRENGTH, "redraw an image towards a caption")):
         p = _edit_parser(sub, name, what,
                          "Noise IMAGE part of the way (--strength: 0 returns it, 1 ignores it) and "
                          "denoise it again" + (", guided by the caption." if name == "img2img" else

@@ -8,6 +8,11 @@ regress the model output on its target (ε, x_0 or v) with a per-timestep weight
                 with snr = ᾱ/(1 − ᾱ)  (Hang et al. 2023, "Min-SNR-γ"); all three give the same
                 weight, min(snr, γ), on the x_0 error.
 
+On the x_0 error, "uniform" weighs snr (ε), 1 (x_0) and snr + 1 (v). The ε target and min_snr
+therefore put almost no weight (snr → 0) on the noisiest steps, where a caption decides *where*
+things go: shapes-32 trained that way ignored position words; v with uniform weighting learnt them
+(docs/shapes-32.md).
+
 The variational bound (Ho et al. 2020, eq. 5; Sohl-Dickstein et al. 2015):
 
     −log p(x_0) ≤ L_prior + Σ_{t≥1} L_t + L_0

@@ -29,6 +29,7 @@ from .checkpoint import (  # noqa: F401 (BUNDLED, bundled_models: importable fro
     resolve_model,
 )
 from .data import DataInfo, denormalize
+from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
 from .edit import (
     RESAMPLE_SAMPLERS,
     composite,
@@ -307,7 +308,7 @@ class Pipeline:
                                     progress, sampler_kwargs)
 
     @torch.no_grad()
-    def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = 0.7,
+    def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = IMG2IMG_STRENGTH,
                 num_images_per_prompt: int = 1, num_inference_steps: int = 20,
                 guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
                 sampler: str | None = None, negative_prompt: str | None = None,
@@ -326,7 +327,7 @@ class Pipeline:
                                                sampler_kwargs)).float().cpu())
         return self.to_images(torch.cat(out))
 
-    def vary(self, image: Image.Image, *, num_images: int = 4, strength: float = 0.4,
+    def vary(self, image: Image.Image, *, num_images: int = 4, strength: float = VARY_STRENGTH,
              prompt: str = "", **kwargs) -> list[Image.Image]:
         """``num_images`` variations of ``image``: the same composition and content, other
         details; ``strength`` from 0 (the image itself) to 1 (ignores it); an optional

@@ -75,6 +75,7 @@ class TrainConfig:
     prediction: str = "eps"  # eps, x0 or v
     weighting: str = "uniform"  # uniform or min_snr
     min_snr_gamma: float = 5.0
+    high_noise: float = 0.0  # fraction of examples whose t is drawn from the noisiest steps (draw_timesteps)
     steps: int | None = None  # total optimizer steps to reach
     minutes: float | None = None  # wall-clock budget of this invocation
     batch_size: int = 128  # global batch (all processes, all accumulation steps)
@@ -129,6 +130,8 @@ class TrainConfig:
             raise KuosanError(f"--schedule must be linear or cosine, got {self.schedule!r}")
         if self.weighting not in ("uniform", "min_snr"):
             raise KuosanError(f"--weighting must be uniform or min_snr, got {self.weighting!r}")
+        if not (isinstance(self.high_noise, (int, float)) and 0.0 <= self.high_noise <= 1.0):
+            raise KuosanError(f"--high-noise must be a fraction in [0, 1], got {self.high_noise!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise KuosanError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -357,6 +360,24 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
 # ---- the trainer ----------------------------------------------------------------------------------
 
 
+HIGH_NOISE_STEPS = 0.15  # the noisiest fraction of the T steps that `--high-noise` draws from
+
+
+def with_high_noise(t: Tensor, T: int, fraction: float, generator: torch.Generator) -> Tensor:
+    """t with each entry replaced, with probability ``fraction``, by a draw from the noisiest
+    steps {⌈0.85·T⌉, …, T−1}.
+
+    The density of t becomes (1 − fraction)/T + fraction/(0.15·T) on those steps. On the x_0
+    error the ε target weighs a step by its snr and the v target by snr + 1, so the steps where
+    the layout of an image is decided (snr ≪ 1) get little of the loss; drawing them more often
+    is how the caption's *where* (ShapesWorld's positions) gets learnt (docs/shapes-32.md).
+    """
+    low = min(T - 1, math.ceil((1 - HIGH_NOISE_STEPS) * T))
+    high = torch.randint(low, T, t.shape, generator=generator)
+    pick = torch.rand(t.shape, generator=generator) < fraction
+    return torch.where(pick, high, t)
+
+
 class Trainer:
     """Train a denoiser on a dataset; checkpoints in ``out`` follow :mod:`kuosan.checkpoint`."""
 
@@ -493,6 +514,8 @@ class Trainer:
         g = step_generator(cfg.seed, self.step, 1)
         t = torch.randint(0, self.schedule.T, (cfg.batch_size,), generator=g)
         noise = torch.randn((cfg.batch_size, *self.info.shape), generator=g)
+        if cfg.high_noise > 0:  # drawn after the noise, so runs without it keep their draws
+            t = with_high_noise(t, self.schedule.T, cfg.high_noise, g)
         captions = None
         if self.captions is not None:
             captions = drop_captions([self.captions[i] for i in idx.tolist()], cfg.cond_drop,

@@ -36,6 +36,7 @@ from typing import Any
 from PIL import Image
 
 from . import __version__
+from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
 from .errors import KuosanError
 from .pipeline import Pipeline
 
@@ -184,7 +185,7 @@ class WebApp:
                 images = self.pipe.outpaint(image, prompt=p["prompt"], num_images_per_prompt=p["num"],
                                             sampler=p["sampler"], **sides, **kw)
             else:
-                default = 0.4 if mode == "vary" else 0.7
+                default = VARY_STRENGTH if mode == "vary" else IMG2IMG_STRENGTH
                 strength = _number(body, "strength", default, float, 0, 1)
                 extra["strength"] = strength
                 p["sampler"] = p["sampler"] or self.pipe.default_sampler
