@@ -152,6 +152,16 @@ def test_init_from_refuses_a_different_network(tiny_text_run, tmp_path, change, 
         train_tiny_text(cfg, tmp_path / "bad")
 
 
+def test_init_from_warns_about_another_target(tiny_text_run, tmp_path, capsys):
+    train_tiny_text(dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run)), tmp_path / "a")
+    assert "target" not in capsys.readouterr().err
+    cfg = dataclasses.replace(TINY_TEXT, steps=0, prediction="v", init_from=str(tiny_text_run))
+    train_tiny_text(cfg, tmp_path / "b")
+    err = capsys.readouterr().err
+    assert "trained for the eps target" in err and "--prediction eps" in err
+    assert Pipeline.load(tmp_path / "b").prediction == "v"
+
+
 def test_init_from_a_missing_folder(tmp_path):
     cfg = dataclasses.replace(TINY_TEXT, init_from=str(tmp_path / "nowhere"))
     with pytest.raises(KuosanError, match="nowhere"):

@@ -1,6 +1,7 @@
 """The local web page's API (kuosan.web), on the tiny text-to-image run."""
 
 import base64
+import inspect
 import io
 import json
 import threading
@@ -38,6 +39,10 @@ def test_page_and_info(app):
     status, _, data = app.handle("GET", "/api/info", b"")
     info = json.loads(data)
     assert status == 200 and info["model"] == "tiny" and info["text"] and info["size"] == [32, 32]
+    # the page's default strengths are the Python API's
+    defaults = {m: inspect.signature(getattr(Pipeline, m)).parameters["strength"].default
+                for m in ("vary", "img2img")}
+    assert info["strength"] == defaults
 
 
 def test_generate_matches_the_pipeline_and_carries_parameters(app):

@@ -302,6 +302,15 @@ def unknown_words(encoder: Any, captions: Sequence[str]) -> tuple[list[str], flo
     return sorted(unknown), missed / max(total, 1)
 
 
+def warn_other_target(source: Path, prediction: str) -> None:
+    """Warn when the source of ``--init-from`` was trained for another target than this run."""
+    theirs = load_config(source).get("prediction", "eps")
+    if theirs != prediction:
+        print(f"kuosan: warning: '{source}' was trained for the {theirs} target and this run trains "
+              f"--prediction {prediction}: it starts from the weights, not from the same model "
+              f"(pass --prediction {theirs} to keep it)", file=sys.stderr)
+
+
 def warn_unknown_words(encoder: Any, captions: Sequence[str], source: Path) -> None:
     words, fraction = unknown_words(encoder, captions)
     if words:
@@ -435,6 +444,7 @@ class Trainer:
             self._load(model, optimizer)
         elif source is not None:
             init_weights(model, self.ema, source)
+            warn_other_target(source, config.prediction)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)

@@ -132,7 +132,8 @@ class WebApp:
         return {"model": self.model_name, "size": [w, h], "channels": c,
                 "text": self.pipe.is_text_conditioned, "image": self.pipe.info.kind == "image",
                 "sampler": self.pipe.default_sampler, "guidance": self.pipe.default_guidance,
-                "samplers": list(SAMPLERS), "modes": list(EDIT_MODES), "version": __version__}
+                "samplers": list(SAMPLERS), "modes": list(EDIT_MODES), "version": __version__,
+                "strength": {"vary": VARY_STRENGTH, "img2img": IMG2IMG_STRENGTH}}
 
     def _common(self, body: dict) -> dict:
         from .samplers import SAMPLERS
