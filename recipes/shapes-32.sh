@@ -29,7 +29,7 @@
 # step count below; `--steps N` reaches the same step).
 set -euo pipefail
 RUN=${1:-runs/shapes-32}
-GUIDANCE=2
+GUIDANCE=3
 COMMON=(--data shapes --size 32 --preset fast --text-encoder transformer --cond-drop 0.1
         --batch 64 --lr 8e-4 --schedule cosine --weighting min_snr
         --sample-every 500 --save-every 250 --grid-size 36)

@@ -40,6 +40,15 @@ def test_bundled_model_draws_single_objects(pipe):
     assert np.mean(ok) >= 0.5, [c for c, y in zip(captions, ok, strict=True) if not y]
 
 
+def test_bundled_model_puts_objects_where_asked(pipe):
+    where = ["at the top left", "at the top", "at the top right", "at the left", "in the center",
+             "at the right", "at the bottom left", "at the bottom", "at the bottom right"]
+    captions = [f"a large red circle {w}" for w in where] + [f"a small blue square {w}" for w in where]
+    images = pipe.generate(captions, num_inference_steps=20, seed=0)
+    right = [score(img, c).position for img, c in zip(images, captions, strict=True)]
+    assert np.mean(right) >= 0.6, [c for c, y in zip(captions, right, strict=True) if not y]
+
+
 def test_generate_without_model_uses_the_bundled_one(tmp_path):
     out = tmp_path / "out.png"
     assert main(["generate", "a small green cross at the bottom right", "--out", str(out)]) == 0
