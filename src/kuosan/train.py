@@ -75,7 +75,7 @@ class TrainConfig:
     prediction: str = "eps"  # eps, x0 or v
     weighting: str = "uniform"  # uniform or min_snr
     min_snr_gamma: float = 5.0
-    high_noise: float = 0.0  # fraction of examples whose t is drawn from the noisiest steps (draw_timesteps)
+    high_noise: float = 0.0  # fraction of examples whose t is drawn from the noisiest steps (with_high_noise)
     steps: int | None = None  # total optimizer steps to reach
     minutes: float | None = None  # wall-clock budget of this invocation
     batch_size: int = 128  # global batch (all processes, all accumulation steps)
