@@ -100,6 +100,7 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
     ({"batch_size": 0}, "batch_size"),
     ({"model": "huge"}, "--preset"),
     ({"high_noise": 1.5}, "--high-noise"),
+    ({"shapes_mix": {"pair": 1.0}}, "--shapes-mix"),  # TINY's data is not shapes
 ])
 def test_bad_config_values(tmp_path, change, message):
     with pytest.raises(KuosanError, match=message):

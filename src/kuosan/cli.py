@@ -41,9 +41,25 @@ non_negative_float = _number(float, 0.0, False, "a number >= 0")
 
 # ---- train -------------------------------------------------------------------------------------
 
+
+def kind_mix(text: str) -> dict[str, float]:
+    """--shapes-mix: "single=0.2,pair=0.6,count=0.2" → {"single": 0.2, ...} (checked by TrainConfig)."""
+    out = {}
+    for part in text.split(","):
+        kind, eq, weight = part.partition("=")
+        try:
+            out[kind.strip()] = float(weight)
+        except ValueError:
+            eq = ""
+        if not eq:
+            raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT pairs separated by commas "
+                                             f"(e.g. single=0.2,pair=0.6,count=0.2), got {part!r}")
+    return out
+
+
 # flag dest → TrainConfig field
 TRAIN_FLAGS = {
-    "data": "data", "size": "size", "channels": "channels", "preset": "model", "steps": "steps",
+    "data": "data", "shapes_mix": "shapes_mix", "size": "size", "channels": "channels", "preset": "model", "steps": "steps",
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
     "weighting": "weighting", "high_noise": "high_noise", "seed": "seed", "sample_every": "sample_every",
@@ -110,6 +126,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
     p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")
     p.add_argument("--weighting", choices=("uniform", "min_snr"), default=d.weighting, help="loss weighting")
+    p.add_argument("--shapes-mix", type=kind_mix, default=None, metavar="KIND=W,…",
+                   help="--data shapes: how often each caption kind is drawn, e.g. "
+                        "single=0.2,pair=0.6,count=0.2 (default: single=0.4,pair=0.35,count=0.25)")
     p.add_argument("--high-noise", type=float, default=d.high_noise, metavar="FRACTION",
                    help="fraction of examples whose timestep is drawn from the noisiest 15%% of steps, "
                         "where a caption decides the layout (default 0: all uniform)")

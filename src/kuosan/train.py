@@ -65,6 +65,7 @@ class TrainConfig:
     """Everything that defines a training run; saved in config.json under "train"."""
 
     data: str = "digits"
+    shapes_mix: dict[str, float] | None = None  # shapes data: caption kind → weight; None: the default mix
     size: int | None = None  # image side; None: the data's own (digits 8) or 32 for folders
     channels: int | None = None  # 1 or 3; None: from the data
     skip_bad: bool = False  # skip unreadable images with a warning instead of stopping
@@ -130,6 +131,12 @@ class TrainConfig:
             raise KuosanError(f"--schedule must be linear or cosine, got {self.schedule!r}")
         if self.weighting not in ("uniform", "min_snr"):
             raise KuosanError(f"--weighting must be uniform or min_snr, got {self.weighting!r}")
+        if self.shapes_mix is not None:
+            if self.data != "shapes":
+                raise KuosanError(f"--shapes-mix applies to --data shapes, not to '{self.data}'")
+            from .data.shapes import check_kind_weights
+
+            check_kind_weights(self.shapes_mix)
         if not (isinstance(self.high_noise, (int, float)) and 0.0 <= self.high_noise <= 1.0):
             raise KuosanError(f"--high-noise must be a fraction in [0, 1], got {self.high_noise!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -267,14 +274,15 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     return path
 
 
-def source_text_encoder(source: Path, encoder: Any, word_skip: bool = False) -> Any:
+def source_text_encoder(source: Path, source_config: dict, encoder: Any, word_skip: bool = False) -> Any:
     """The text encoder of the checkpoint ``source`` (``--init-from``'s, or the run's own on
-    ``--resume``), which must be of the kind this run asks for: the jointly trained transformer
-    keeps the source's vocabulary, so its weights fit whatever the captions now are.
-    ``word_skip`` adds the (zero-initialised) per-word skip to a transformer that lacks it."""
+    ``--resume``; ``source_config`` its config.json), which must be of the kind this run asks for:
+    the jointly trained transformer keeps the source's vocabulary, so its weights fit whatever
+    the captions now are. ``word_skip`` adds the (zero-initialised) per-word skip to a
+    transformer that lacks it."""
     from .models.text import text_encoder_from_config
 
-    stored = load_config(source).get("text_encoder")
+    stored = source_config.get("text_encoder")
     if stored is None:
         raise KuosanError(f"'{source}' has no text encoder, but this run trains one")
     if stored.get("type") != encoder.config().get("type"):
@@ -302,9 +310,10 @@ def unknown_words(encoder: Any, captions: Sequence[str]) -> tuple[list[str], flo
     return sorted(unknown), missed / max(total, 1)
 
 
-def warn_other_target(source: Path, prediction: str) -> None:
-    """Warn when the source of ``--init-from`` was trained for another target than this run."""
-    theirs = load_config(source).get("prediction", "eps")
+def warn_other_target(source: Path, source_config: dict, prediction: str) -> None:
+    """Warn when the source of ``--init-from`` (its config.json: ``source_config``) was trained for
+    another target than this run."""
+    theirs = source_config.get("prediction", "eps")
     if theirs != prediction:
         print(f"kuosan: warning: '{source}' was trained for the {theirs} target and this run trains "
               f"--prediction {prediction}: it starts from the weights, not from the same model "
@@ -413,7 +422,8 @@ class Trainer:
                 f"= {acc.num_processes} × {config.grad_accum}")
 
         self.dataset: ArrayDataset = load_dataset(config.data, size=config.size, channels=config.channels,
-                                                  skip_bad=config.skip_bad, seed=config.seed)
+                                                  skip_bad=config.skip_bad, seed=config.seed,
+                                                  shapes_mix=config.shapes_mix)
         self.info = self.dataset.info
         self.schedule = config.make_schedule()
         self.captions = self.dataset.captions if config.text_encoder else None
@@ -421,13 +431,14 @@ class Trainer:
             raise KuosanError(f"--text-encoder needs captioned data, and '{config.data}' has no "
                               f"captions (use shapes, or a folder of images with captions)")
         source = None if resume or not config.init_from else resolve_checkpoint(config.init_from)
+        source_config = load_config(self.out if resume else source) if resume or source else {}
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
             torch.manual_seed(config.seed)
             encoder = (make_text_encoder(config.text_encoder, self.captions, word_skip=config.word_skip)
                        if self.captions else None)
             if encoder is not None and (resume or source is not None):
                 # the stored encoder (its vocabulary), not one fitted anew on these captions
-                encoder = source_text_encoder(self.out if resume else source, encoder,
+                encoder = source_text_encoder(self.out if resume else source, source_config, encoder,
                                               word_skip=config.word_skip and not resume)
                 if not resume:
                     warn_unknown_words(encoder, self.captions, source)
@@ -444,7 +455,7 @@ class Trainer:
             self._load(model, optimizer)
         elif source is not None:
             init_weights(model, self.ema, source)
-            warn_other_target(source, config.prediction)
+            warn_other_target(source, source_config, config.prediction)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)

@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from . import __version__
-from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
+from .defaults import STRENGTH
 from .errors import KuosanError
 from .pipeline import Pipeline
 
@@ -133,7 +133,7 @@ class WebApp:
                 "text": self.pipe.is_text_conditioned, "image": self.pipe.info.kind == "image",
                 "sampler": self.pipe.default_sampler, "guidance": self.pipe.default_guidance,
                 "samplers": list(SAMPLERS), "modes": list(EDIT_MODES), "version": __version__,
-                "strength": {"vary": VARY_STRENGTH, "img2img": IMG2IMG_STRENGTH}}
+                "strength": dict(STRENGTH)}
 
     def _common(self, body: dict) -> dict:
         from .samplers import SAMPLERS
@@ -186,8 +186,7 @@ class WebApp:
                 images = self.pipe.outpaint(image, prompt=p["prompt"], num_images_per_prompt=p["num"],
                                             sampler=p["sampler"], **sides, **kw)
             else:
-                default = VARY_STRENGTH if mode == "vary" else IMG2IMG_STRENGTH
-                strength = _number(body, "strength", default, float, 0, 1)
+                strength = _number(body, "strength", STRENGTH[mode], float, 0, 1)
                 extra["strength"] = strength
                 p["sampler"] = p["sampler"] or self.pipe.default_sampler
                 if mode == "vary":

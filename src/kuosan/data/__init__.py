@@ -193,6 +193,7 @@ def load_dataset(
     channels: int | None = None,
     skip_bad: bool = False,
     seed: int = 0,
+    shapes_mix: dict[str, float] | None = None,
 ) -> ArrayDataset:
     """Load a dataset by name or folder path, all into memory.
 
@@ -200,6 +201,8 @@ def load_dataset(
       (default 8, bilinear), with labels 0..9;
     - "shapes": 20,000 ShapesWorld images (specs/shapes.md; RGB, `size` a multiple of 16 up to
       128, default 32) drawn with `seed`, held-out compositions excluded, captions in `.captions`;
+      `shapes_mix` weighs the caption kinds (e.g. {"pair": 0.6, "single": 0.2, "count": 0.2};
+      default `kuosan.data.shapes.KIND_WEIGHTS`);
     - "moons", "swissroll", "gaussians": 20,000 2-D points drawn with `seed`, standardised
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized
@@ -211,6 +214,8 @@ def load_dataset(
     """
     _check_size(size)
     _check_channels(channels)
+    if shapes_mix is not None and spec != "shapes":
+        raise KuosanError(f"a caption-kind mix (--shapes-mix) applies to the shapes data, not to '{spec}'")
     if spec == "digits":
         images, labels = load_digits(size if size is not None else DIGITS_SIZE)
         if channels == 3:
@@ -236,7 +241,8 @@ def load_dataset(
             raise KuosanError(f"ShapesWorld images are 16..128 pixels, a multiple of 16; got size={side}")
         if channels == 1:
             raise KuosanError("ShapesWorld images are RGB: channels=1 does not apply")
-        items, captions = make_shapes_dataset(SHAPES_ITEMS, size=side, seed=seed)
+        items, captions = make_shapes_dataset(SHAPES_ITEMS, size=side, seed=seed,
+                                              kind_weights=shapes_mix)
         ds = _image_dataset("shapes", torch.from_numpy(items))
         ds.captions = captions
         return ds

@@ -253,15 +253,34 @@ def _random_objspec(rng: np.random.Generator, holdout: Holdout, force_heldout: b
     return ObjSpec(shape, colour, size)
 
 
+def check_kind_weights(weights: dict[str, float]) -> dict[str, float]:
+    """The caption-kind mix `weights` (kind → weight ≥ 0, kinds left out weigh 0) normalised
+    to sum 1, in KIND_WEIGHTS' order; raises naming the kind or value at fault."""
+    if not isinstance(weights, dict) or not weights:
+        raise KuosanError(f"a caption-kind mix must map single/pair/count to weights, got {weights!r}")
+    for k, w in weights.items():
+        if k not in KIND_WEIGHTS:
+            raise KuosanError(f"caption kind must be 'single', 'pair' or 'count', got {k!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
+            raise KuosanError(f"the weight of caption kind {k!r} must be a number >= 0, got {w!r}")
+    total = sum(weights.values())
+    if total <= 0:
+        raise KuosanError(f"a caption-kind mix needs a weight > 0, got {weights!r}")
+    return {k: weights.get(k, 0) / total for k in KIND_WEIGHTS}
+
+
 def sample_spec(
-    rng: np.random.Generator, kind: Kind | None = None, holdout: Holdout = "exclude"
+    rng: np.random.Generator, kind: Kind | None = None, holdout: Holdout = "exclude",
+    kind_weights: dict[str, float] | None = None,
 ) -> CaptionSpec:
     """A random caption (as a spec). holdout: "exclude" never states a held-out colour–shape
-    pair, "only" always states one (in a pair: the first, the second or both), "allow" either."""
+    pair, "only" always states one (in a pair: the first, the second or both), "allow" either.
+    With `kind` None the kind is drawn with `kind_weights` (default KIND_WEIGHTS)."""
     if holdout not in ("exclude", "only", "allow"):
         raise KuosanError(f"holdout must be 'exclude', 'only' or 'allow', got {holdout!r}")
     if kind is None:
-        kind = str(rng.choice(list(KIND_WEIGHTS), p=list(KIND_WEIGHTS.values())))
+        weights = KIND_WEIGHTS if kind_weights is None else check_kind_weights(kind_weights)
+        kind = str(rng.choice(list(weights), p=list(weights.values())))
     if kind not in KIND_WEIGHTS:
         raise KuosanError(f"kind must be 'single', 'pair' or 'count', got {kind!r}")
     background = str(rng.choice(list(BACKGROUND_WEIGHTS), p=list(BACKGROUND_WEIGHTS.values())))
@@ -361,11 +380,11 @@ def random_example(
     return render(scene), format_caption(spec), scene
 
 
-def _random_scene(rng: np.random.Generator, size: int, kind: Kind | None, holdout: Holdout
-                  ) -> tuple[Scene, CaptionSpec]:
+def _random_scene(rng: np.random.Generator, size: int, kind: Kind | None, holdout: Holdout,
+                  kind_weights: dict[str, float] | None = None) -> tuple[Scene, CaptionSpec]:
     check_canvas(size)
     for _ in range(100):  # a caption that cannot fit (three large objects at 16×16) is redrawn
-        spec = sample_spec(rng, kind, holdout)
+        spec = sample_spec(rng, kind, holdout, kind_weights)
         try:
             return sample_scene(spec, rng, size, holdout, tries=20), spec
         except KuosanError:
@@ -374,17 +393,22 @@ def _random_scene(rng: np.random.Generator, size: int, kind: Kind | None, holdou
 
 
 def make_shapes_dataset(
-    n: int, size: int = 32, seed: int = 0, holdout: Holdout = "exclude"
+    n: int, size: int = 32, seed: int = 0, holdout: Holdout = "exclude",
+    kind_weights: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """n images uint8 (n, 3, size, size) and their captions. Image i is drawn with
-    `np.random.default_rng((seed, i))`, so it does not depend on n."""
+    """n images uint8 (n, 3, size, size) and their captions, the caption kinds drawn with
+    `kind_weights` (default KIND_WEIGHTS). Image i is drawn with `np.random.default_rng((seed, i))`,
+    so it does not depend on n."""
+    if kind_weights is not None:
+        kind_weights = check_kind_weights(kind_weights)
     if not isinstance(n, int) or n < 0:
         raise KuosanError(f"number of ShapesWorld images must be a non-negative integer, got {n!r}")
     check_canvas(size)
     items = np.empty((n, size, size, 3), dtype=np.uint8)
     captions = []
     for i in range(n):
-        scene, spec = _random_scene(np.random.default_rng((seed, i)), size, None, holdout)
+        scene, spec = _random_scene(np.random.default_rng((seed, i)), size, None, holdout,
+                                    kind_weights)
         items[i] = render_array(scene)
         captions.append(format_caption(spec))
     return items.transpose(0, 3, 1, 2).copy(), captions
