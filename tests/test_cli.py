@@ -43,6 +43,24 @@ def test_eval_nll(digits_run, capsys):
     assert main(["eval", str(digits_run), "--nll", "--examples", "8", "--timesteps", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["unit"] == "bits/dim" and 0 < result["nll"] < 20
+    assert main(["eval", str(digits_run), "--nll", "--empty-captions"]) == 2
+    assert "--empty-captions applies to text models" in capsys.readouterr().err
+
+
+def test_eval_nll_of_a_text_model_is_given_the_captions(tiny_text_run, capsys, monkeypatch):
+    import kuosan.data as kd
+
+    monkeypatch.setattr(kd, "SHAPES_ITEMS", 48)  # the tiny run's data size, not 20,000
+    args = ["eval", str(tiny_text_run), "--nll", "--examples", "6", "--timesteps", "3", "--json",
+            "--no-progress"]
+    results = []
+    for extra in ([], ["--empty-captions"], [], ["--data-seed", "9"]):
+        assert main([*args, *extra]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    own, empty, again, fresh = results
+    assert own["captions"] == "own" and empty["captions"] == "empty" and fresh["data_seed"] == 9
+    assert own["nll"] == again["nll"] and own["nll"] != empty["nll"] != fresh["nll"]
+    assert all(0 < r["nll"] < 20 for r in results)
 
 
 def test_toy_train_sample_csv(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -492,15 +493,22 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a trained model",
         description="Evaluate a checkpoint. --nll computes the variational bound on the model's "
                     "training data (or --data): bits/dim for images (8-bit, discretised decoder), "
-                    "nats/dim in model space for vectors.",
+                    "nats/dim in model space for vectors. A text model is scored given each "
+                    "image's caption (--empty-captions: given the empty caption).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="checkpoint folder")
     p.add_argument("--nll", action="store_true", help="negative log-likelihood bound")
     p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="draw of a generated dataset (shapes, toys; default: the training run's "
+                        "seed, so its training data; another seed gives images it never saw)")
     p.add_argument("--examples", type=positive_int, default=256, help="data examples to evaluate")
     p.add_argument("--timesteps", type=positive_int, default=None,
                    help="estimate the KL sum from this many random t (unbiased; default: all T)")
     p.add_argument("--batch", type=positive_int, default=256)
+    p.add_argument("--empty-captions", action="store_true",
+                   help="text models: score each image given the empty caption (the unconditional "
+                        "model of classifier-free guidance) instead of its own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -525,18 +533,30 @@ def run_eval(args: argparse.Namespace) -> int:
         raise KuosanError(f"'{args.model}' does not name its training data: pass --data")
     shape, image = tuple(pipe.info.shape), pipe.info.kind == "image"
     ds = load_dataset(spec, size=shape[-1] if image else None, channels=shape[0] if image else None,
-                      seed=train_cfg.get("seed", 0))
+                      seed=train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed)
     if tuple(ds.info.shape) != shape:
         raise KuosanError(f"data '{spec}' has items of shape {ds.info.shape}, the model expects {shape}")
+    text = pipe.is_text_conditioned
+    if text and ds.captions is None:
+        raise KuosanError(f"'{args.model}' is a text model and data '{spec}' has no captions")
+    if args.empty_captions and not text:
+        raise KuosanError(f"--empty-captions applies to text models, and '{args.model}' is not one")
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=g)[: args.examples]
     bounds = []
     for start in range(0, len(idx), args.batch):
-        x0 = ds.batch(idx[start:start + args.batch]).to(pipe.device)
+        batch = idx[start:start + args.batch]
+        x0 = ds.batch(batch).to(pipe.device)
         if image:  # the discretised decoder scores the 8-bit grid
             x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1
+        model = pipe.model
+        if text:  # each image's caption (or the empty one), encoded once for all timesteps
+            captions = ["" if args.empty_captions else ds.captions[i] for i in batch.tolist()]
+            with torch.no_grad():
+                cond = pipe.model.encode(captions)
+            model = functools.partial(pipe.model, **cond)
         bounds.append(variational_bound(
-            pipe.model, x0, pipe.schedule, prediction=pipe.prediction,
+            model, x0, pipe.schedule, prediction=pipe.prediction,
             decoder="discretized" if image else "gaussian", clip_x0=image,
             timesteps=args.timesteps, generator=g, progress=not args.no_progress))
     dims = math.prod(shape)
@@ -547,16 +567,19 @@ def run_eval(args: argparse.Namespace) -> int:
     total = per_dim["total"]
     result = {
         "model": str(args.model), "data": spec, "examples": len(idx), "unit": unit,
+        "data_seed": train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed,
         "nll": total.mean().item(), "stderr": (total.std() / math.sqrt(len(total))).item(),
         "terms": {k: per_dim[k].mean().item() for k in ("prior", "diffusion", "decoder")},
         "timesteps": args.timesteps or pipe.schedule.T - 1,
+        **({"captions": "empty" if args.empty_captions else "own"} if text else {}),
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         t = result["terms"]
         print(f"NLL bound: {result['nll']:.4f} ± {result['stderr']:.4f} {unit} on {len(idx)} examples of "
-              f"{spec} (prior {t['prior']:.4f}, diffusion {t['diffusion']:.4f}, decoder {t['decoder']:.4f})")
+              f"{spec} (prior {t['prior']:.4f}, diffusion {t['diffusion']:.4f}, decoder {t['decoder']:.4f})"
+              + (f", given {result['captions']} captions" if text else ""))
     return 0
 
 
