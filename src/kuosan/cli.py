@@ -60,7 +60,8 @@ def kind_mix(text: str) -> dict[str, float]:
 
 # flag dest → TrainConfig field
 TRAIN_FLAGS = {
-    "data": "data", "shapes_mix": "shapes_mix", "size": "size", "channels": "channels", "preset": "model", "steps": "steps",
+    "data": "data", "shapes_mix": "shapes_mix", "size": "size", "channels": "channels",
+    "preset": "model", "steps": "steps",
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
     "weighting": "weighting", "high_noise": "high_noise", "seed": "seed", "sample_every": "sample_every",
