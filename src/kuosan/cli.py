@@ -47,14 +47,12 @@ def kind_mix(text: str) -> dict[str, float]:
     """--shapes-mix: "single=0.2,pair=0.6,count=0.2" → {"single": 0.2, ...} (checked by TrainConfig)."""
     out = {}
     for part in text.split(","):
-        kind, eq, weight = part.partition("=")
+        kind, _, weight = part.partition("=")  # no "=": weight "" fails float()
         try:
             out[kind.strip()] = float(weight)
         except ValueError:
-            eq = ""
-        if not eq:
             raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT pairs separated by commas "
-                                             f"(e.g. single=0.2,pair=0.6,count=0.2), got {part!r}")
+                                             f"(e.g. single=0.2,pair=0.6,count=0.2), got {part!r}") from None
     return out
 
 
@@ -533,8 +531,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if spec is None:
         raise KuosanError(f"'{args.model}' does not name its training data: pass --data")
     shape, image = tuple(pipe.info.shape), pipe.info.kind == "image"
+    data_seed = train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed
     ds = load_dataset(spec, size=shape[-1] if image else None, channels=shape[0] if image else None,
-                      seed=train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed)
+                      seed=data_seed)
     if tuple(ds.info.shape) != shape:
         raise KuosanError(f"data '{spec}' has items of shape {ds.info.shape}, the model expects {shape}")
     text = pipe.is_text_conditioned
@@ -568,7 +567,7 @@ def run_eval(args: argparse.Namespace) -> int:
     total = per_dim["total"]
     result = {
         "model": str(args.model), "data": spec, "examples": len(idx), "unit": unit,
-        "data_seed": train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed,
+        "data_seed": data_seed,
         "nll": total.mean().item(), "stderr": (total.std() / math.sqrt(len(total))).item(),
         "terms": {k: per_dim[k].mean().item() for k in ("prior", "diffusion", "decoder")},
         "timesteps": args.timesteps or pipe.schedule.T - 1,

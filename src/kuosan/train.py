@@ -431,14 +431,15 @@ class Trainer:
             raise KuosanError(f"--text-encoder needs captioned data, and '{config.data}' has no "
                               f"captions (use shapes, or a folder of images with captions)")
         source = None if resume or not config.init_from else resolve_checkpoint(config.init_from)
-        source_config = load_config(self.out if resume else source) if resume or source else {}
+        stored_from = self.out if resume else source  # the checkpoint this run starts from, if any
+        source_config = load_config(stored_from) if stored_from else {}
         with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed alone
             torch.manual_seed(config.seed)
             encoder = (make_text_encoder(config.text_encoder, self.captions, word_skip=config.word_skip)
                        if self.captions else None)
             if encoder is not None and (resume or source is not None):
                 # the stored encoder (its vocabulary), not one fitted anew on these captions
-                encoder = source_text_encoder(self.out if resume else source, source_config, encoder,
+                encoder = source_text_encoder(stored_from, source_config, encoder,
                                               word_skip=config.word_skip and not resume)
                 if not resume:
                     warn_unknown_words(encoder, self.captions, source)
@@ -452,7 +453,7 @@ class Trainer:
                                       weight_decay=config.weight_decay)
         self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
         if resume:
-            self._load(model, optimizer)
+            self._load(model, optimizer, source_config)
         elif source is not None:
             init_weights(model, self.ema, source)
             warn_other_target(source, source_config, config.prediction)
@@ -474,8 +475,9 @@ class Trainer:
             "train": dataclasses.asdict(self.config),
         }
 
-    def _load(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        stored = load_config(self.out)
+    def _load(self, model: nn.Module, optimizer: torch.optim.Optimizer, stored: dict) -> None:
+        """Resume: the weights, optimizer and step of the run's own checkpoint (``stored``: its
+        config.json)."""
         if stored["model"] != {"kind": self.kind, "config": self.model_config}:
             raise KuosanError(f"--resume: the model in '{self.out}/config.json' differs from the one "
                               f"these settings build; resume with the run's own settings")
