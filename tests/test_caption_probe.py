@@ -1,0 +1,77 @@
+"""benchmarks/caption_probe.py: its caption draw, its pair-failure breakdown (on rendered images,
+whose truth is known) and a run on a tiny text model (structure, not values)."""
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kuosan.data.shapes import format_caption, parse, render, sample_scene, score
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_probe.py"
+FLIP = {"to the left of": "to the right of", "to the right of": "to the left of",
+        "above": "below", "below": "above"}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("caption_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["caption_probe"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("caption_probe", None)
+
+
+def test_draw_is_seeded_and_of_the_asked_kinds(probe):
+    a = probe.draw_specs(3, {"pair": 5, "count": 2})
+    assert {k: len(v) for k, v in a.items()} == {"pair": 5, "count": 2}
+    assert all(parse(format_caption(s)).kind == k for k, specs in a.items() for s in specs)
+    assert a == probe.draw_specs(3, {"pair": 5, "count": 2})
+    assert a != probe.draw_specs(4, {"pair": 5, "count": 2})
+
+
+def test_pair_breakdown_on_rendered_pairs(probe):
+    rng = np.random.default_rng(0)
+    specs = [s for s in probe.draw_specs(5, {"pair": 40})["pair"]
+             if s.objects[0].shape != s.objects[1].shape]  # no "a circle above a circle"
+    images = [render(sample_scene(s, rng)) for s in specs]
+    true = probe.pair_breakdown([score(im, s) for im, s in zip(images, specs, strict=True)])
+    assert true == {"two objects %": 100.0, "attributes % (of two)": 100.0, "relation % (of two)": 100.0}
+    flipped = [dataclasses.replace(s, relation=FLIP[s.relation]) for s in specs]
+    wrong = probe.pair_breakdown([score(im, s) for im, s in zip(images, flipped, strict=True)])
+    assert wrong["two objects %"] == 100.0 and wrong["attributes % (of two)"] == 100.0
+    assert wrong["relation % (of two)"] == 0.0
+    blank = np.full((32, 32, 3), 255, np.uint8)  # nothing drawn: no two objects, nothing to split
+    empty = probe.pair_breakdown([score(blank, specs[0])])
+    assert empty["two objects %"] == 0.0 and np.isnan(empty["relation % (of two)"])
+
+
+def test_bad_counts_name_the_kind(probe):
+    import argparse
+
+    assert probe.kind_counts("pair=3, single=1") == {"pair": 3, "single": 1}
+    for text, word in (("pairs=3", "pairs"), ("pair=0", "pair"), ("pair", "KIND=N")):
+        with pytest.raises(argparse.ArgumentTypeError, match=word):
+            probe.kind_counts(text)
+
+
+def test_probe_runs_on_a_tiny_model(probe, tiny_text_run, capsys):
+    n = torch.get_num_threads()
+    try:
+        probe.main(["--model", str(tiny_text_run), "--counts", "pair=2,single=1,count=1", "--steps", "2",
+                    "--threads", "1"])
+    finally:
+        torch.set_num_threads(n)
+    lines = capsys.readouterr().out.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    cells = [c.strip() for c in lines[top].strip("|").split("|")]
+    row = dict(zip(cells, (c.strip() for c in lines[top + 2].strip("|").split("|")), strict=True))
+    assert row["model"] == str(tiny_text_run)
+    assert row["pair"].endswith("/2") and row["single"].endswith("/1") and row["count"].endswith("/1")
+    assert {"two objects %", "attributes % (of two)", "relation % (of two)"} <= set(row)
+    assert "2 steps, guidance 3.0, caption seed 21" in lines[-1]
