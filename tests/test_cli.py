@@ -45,6 +45,8 @@ def test_eval_nll(digits_run, capsys):
     assert result["unit"] == "bits/dim" and 0 < result["nll"] < 20
     assert main(["eval", str(digits_run), "--nll", "--empty-captions"]) == 2
     assert "--empty-captions applies to text models" in capsys.readouterr().err
+    assert main(["eval", str(digits_run), "--nll", "--caption-gain"]) == 2
+    assert "--caption-gain applies to text models" in capsys.readouterr().err
 
 
 def test_eval_nll_of_a_text_model_is_given_the_captions(tiny_text_run, capsys, monkeypatch):
@@ -61,6 +63,16 @@ def test_eval_nll_of_a_text_model_is_given_the_captions(tiny_text_run, capsys, m
     assert own["captions"] == "own" and empty["captions"] == "empty" and fresh["data_seed"] == 9
     assert own["nll"] == again["nll"] and own["nll"] != empty["nll"] != fresh["nll"]
     assert all(0 < r["nll"] < 20 for r in results)
+    # --caption-gain: both in one run with the same t and noise, so the gain is the difference
+    assert main([*args, "--caption-gain"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["nll"] == own["nll"] and both["nll_empty"] == pytest.approx(empty["nll"], abs=1e-6)
+    assert both["caption_gain"] == pytest.approx(empty["nll"] - own["nll"], abs=1e-6)
+    assert 0 < both["caption_gain_stderr"] < 1
+    assert main([*(a for a in args if a != "--json"), "--caption-gain"]) == 0  # the text report
+    assert "the caption is worth" in capsys.readouterr().out
+    assert main([*args, "--caption-gain", "--empty-captions"]) == 2
+    assert "leave out --empty-captions" in capsys.readouterr().err
 
 
 def test_toy_train_sample_csv(tmp_path):

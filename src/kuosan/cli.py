@@ -13,9 +13,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
+
+if TYPE_CHECKING:
+    import torch
 from .errors import KuosanError
 
 
@@ -512,6 +516,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--empty-captions", action="store_true",
                    help="text models: score each image given the empty caption (the unconditional "
                         "model of classifier-free guidance) instead of its own")
+    p.add_argument("--caption-gain", action="store_true",
+                   help="text models: score each image given its caption and given the empty one, "
+                        "with the same t and noise, and report the difference (what the caption "
+                        "is worth) with its paired standard error")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -543,40 +551,54 @@ def run_eval(args: argparse.Namespace) -> int:
     text = pipe.is_text_conditioned
     if text and ds.captions is None:
         raise KuosanError(f"'{args.model}' is a text model and data '{spec}' has no captions")
-    if args.empty_captions and not text:
-        raise KuosanError(f"--empty-captions applies to text models, and '{args.model}' is not one")
+    for flag, asked in (("--empty-captions", args.empty_captions), ("--caption-gain", args.caption_gain)):
+        if asked and not text:
+            raise KuosanError(f"{flag} applies to text models, and '{args.model}' is not one")
+    if args.empty_captions and args.caption_gain:
+        raise KuosanError("--caption-gain scores both the own and the empty captions: "
+                          "leave out --empty-captions")
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=g)[: args.examples]
-    bounds = []
+    passes = ("own", "empty") if args.caption_gain else ("empty" if args.empty_captions else "own",)
+    bounds: dict[str, list] = {name: [] for name in passes}
     for start in range(0, len(idx), args.batch):
         batch = idx[start:start + args.batch]
         x0 = ds.batch(batch).to(pipe.device)
         if image:  # the discretised decoder scores the 8-bit grid
             x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1
-        model = pipe.model
-        if text:  # each image's caption (or the empty one), encoded once for all timesteps
-            captions = ["" if args.empty_captions else ds.captions[i] for i in batch.tolist()]
-            with torch.no_grad():
-                cond = pipe.model.encode(captions)
-            model = functools.partial(pipe.model, **cond)
-        bounds.append(variational_bound(
-            model, x0, pipe.schedule, prediction=pipe.prediction,
-            decoder="discretized" if image else "gaussian", clip_x0=image,
-            timesteps=args.timesteps, generator=g, progress=not args.no_progress))
+        state = g.get_state()
+        for name in passes:  # every pass draws the same t and noise (paired)
+            g.set_state(state)
+            model = pipe.model
+            if text:  # each image's caption (or the empty one), encoded once for all timesteps
+                captions = ["" if name == "empty" else ds.captions[i] for i in batch.tolist()]
+                with torch.no_grad():
+                    cond = pipe.model.encode(captions)
+                model = functools.partial(pipe.model, **cond)
+            bounds[name].append(variational_bound(
+                model, x0, pipe.schedule, prediction=pipe.prediction,
+                decoder="discretized" if image else "gaussian", clip_x0=image,
+                timesteps=args.timesteps, generator=g, progress=not args.no_progress))
     dims = math.prod(shape)
     scale = dims * (math.log(2) if image else 1.0)
-    per_dim = {k: torch.cat([getattr(b, k) for b in bounds]).cpu() / scale
-               for k in ("prior", "diffusion", "decoder", "total")}
+    per_dim = {name: {k: torch.cat([getattr(b, k) for b in bs]).cpu() / scale
+                      for k in ("prior", "diffusion", "decoder", "total")} for name, bs in bounds.items()}
     unit = "bits/dim" if image else "nats/dim"
-    total = per_dim["total"]
+    first = per_dim[passes[0]]
+    total = first["total"]
     result = {
         "model": str(args.model), "data": spec, "examples": len(idx), "unit": unit,
         "data_seed": data_seed,
-        "nll": total.mean().item(), "stderr": (total.std() / math.sqrt(len(total))).item(),
-        "terms": {k: per_dim[k].mean().item() for k in ("prior", "diffusion", "decoder")},
+        "nll": total.mean().item(), "stderr": _stderr(total),
+        "terms": {k: first[k].mean().item() for k in ("prior", "diffusion", "decoder")},
         "timesteps": args.timesteps or pipe.schedule.T - 1,
-        **({"captions": "empty" if args.empty_captions else "own"} if text else {}),
+        **({"captions": passes[0]} if text else {}),
     }
+    if args.caption_gain:  # empty − own, per image: what its caption is worth
+        gain = per_dim["empty"]["total"] - total
+        result.update({"nll_empty": per_dim["empty"]["total"].mean().item(),
+                       "stderr_empty": _stderr(per_dim["empty"]["total"]),
+                       "caption_gain": gain.mean().item(), "caption_gain_stderr": _stderr(gain)})
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -584,7 +606,16 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"NLL bound: {result['nll']:.4f} ± {result['stderr']:.4f} {unit} on {len(idx)} examples of "
               f"{spec} (prior {t['prior']:.4f}, diffusion {t['diffusion']:.4f}, decoder {t['decoder']:.4f})"
               + (f", given {result['captions']} captions" if text else ""))
+        if args.caption_gain:
+            print(f"given the empty caption: {result['nll_empty']:.4f} ± {result['stderr_empty']:.4f} "
+                  f"{unit}; the caption is worth {result['caption_gain']:.4f} ± "
+                  f"{result['caption_gain_stderr']:.4f} {unit} (paired: the same t and noise)")
     return 0
+
+
+def _stderr(values: torch.Tensor) -> float:
+    """The standard error of the mean of ``values``: std / √n."""
+    return (values.std() / math.sqrt(len(values))).item()
 
 
 # ---- export ------------------------------------------------------------------------------------
