@@ -198,7 +198,42 @@ def test_word_skip_starts_at_zero_and_keeps_words_apart():
     assert text_encoder_from_config(cfg).word_skip
 
 
-def test_new_text_encoder_keeps_the_network_and_starts_blind_to_captions(tiny_text_run, tmp_path):
+def _text_unet(dim: int, seed: int):
+    from kuosan.conditional import TextConditionedUNet
+    from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
+
+    torch.manual_seed(seed)
+    words = ["a", "red", "blue", "circle", "square", "above", "at", "the", "top"]
+    config = dataclasses.replace(TINY_UNET, cond_dim=dim, context_dim=dim, pos_embed=True,
+                                 pooled_layout=True, cross_attn_resolutions=(16, 8))
+    model = TextConditionedUNet(build_model("unet", config),
+                                SmallTransformerEncoder(WordTokenizer(words), dim=dim, depth=1, heads=2))
+    for p in model.parameters():  # non-zero everywhere, so every caption path matters
+        torch.nn.init.normal_(p, std=0.1)
+    return model.eval()
+
+
+def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
+    """The source's empty caption folded into biases, the caption maps at zero, and a new encoder
+    of another width: for every caption the new model computes what the source does for ""."""
+    from kuosan.conditional import fold_empty_caption
+    from kuosan.train import reads_caption
+
+    source, new = _text_unet(8, 0), _text_unet(16, 1)
+    folded = fold_empty_caption(source)
+    own = new.state_dict()
+    own.update({k: v for k, v in folded.items() if not reads_caption(k)})
+    own.update({k: torch.zeros_like(v) for k, v in own.items() if reads_caption(k)})
+    new.load_state_dict(own)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([5.0, 400.0, 990.0])
+    captions = ["a red circle above a blue square", "a blue square at the top", ""]
+    with torch.no_grad():
+        want = source(x, t, captions=[""] * 3)
+        torch.testing.assert_close(new(x, t, captions=captions), want, atol=1e-5, rtol=1e-5)
+        assert (source(x, t, captions=captions) - want).abs().max() > 1e-2  # captions mattered
+
+
+def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_run, tmp_path):
     from safetensors.torch import load_file
 
     from kuosan.train import reads_caption
@@ -209,18 +244,20 @@ def test_new_text_encoder_keeps_the_network_and_starts_blind_to_captions(tiny_te
     src, new = load_file(tiny_text_run / "ema.safetensors"), load_file(out / "ema.safetensors")
     maps = [k for k in new if reads_caption(k)]
     assert any(k.endswith(".kv.weight") for k in maps) and any("cond_proj" in k for k in maps)
+    folded = ("kv.bias", "time_embed.2.bias")  # where the empty caption went
     for k, v in new.items():
         if reads_caption(k):
             assert torch.count_nonzero(v) == 0, k
-        elif k.startswith("unet."):
+        elif k.startswith("unet.") and not k.endswith(folded):
             assert torch.equal(v, src[k]), k  # the network is the source's
     assert any(not torch.equal(new[k], src[k]) for k in new if k.startswith("text."))  # a new encoder
-    # with every caption map at zero, the caption changes nothing (until training teaches it)
-    pipe = Pipeline.load(out)
-    a = pipe.generate("a red circle", num_inference_steps=3, seed=0, guidance_scale=3)
-    b = pipe.generate("two blue squares on a gray background", num_inference_steps=3, seed=0,
-                      guidance_scale=3)
-    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    # it starts as the source's unconditional model, whatever the caption
+    a, b = Pipeline.load(tiny_text_run), Pipeline.load(out)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([20.0, 800.0])
+    with torch.no_grad():
+        want = a.model(x, t, captions=["", ""])
+        got = b.model(x, t, captions=["a red circle", "two blue squares on a gray background"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "on")  # trains
 
 

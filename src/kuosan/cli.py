@@ -129,7 +129,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "text encoder, optionally adding --pos-embed, --pooled-layout, --word-skip)")
     p.add_argument("--new-text-encoder", action="store_true",
                    help="with --init-from: train a new --text-encoder on the checkpoint's network "
-                        "(its encoder is left out; the maps that read the caption start at zero)")
+                        "(its encoder is left out; it starts as the checkpoint's unconditional model)")
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=d.prediction, help="training target")
     p.add_argument("--schedule", choices=("linear", "cosine"), default=d.schedule, help="noise schedule")
     p.add_argument("--timesteps", type=positive_int, default=d.T, help="number of diffusion steps T")

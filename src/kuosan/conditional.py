@@ -69,6 +69,41 @@ class TextConditionedUNet(nn.Module):
         return self
 
 
+@torch.no_grad()
+def fold_empty_caption(model: TextConditionedUNet) -> dict[str, Tensor]:
+    """The UNet's weights (keys as in ``model.state_dict()``) with ``model``'s encoding of the
+    empty caption folded into biases, so that with every map reading the caption at zero (keys
+    ending in `CAPTION_MAPS`) the UNet computes, for any caption, what ``model`` computes given
+    the empty one: each cross-attention key/value bias becomes kv(h̄) for h̄ the mean of the empty
+    caption's token states (exact when it has one token, as the jointly trained transformer's
+    <bos>), the time embedding's last bias gains cond_proj(pooled), and the input position code
+    gains the layout map's matrix A = layout_proj(pooled) (the same Fourier features)."""
+    from .models.attention import CrossAttnBlock, PositionEmbedding
+
+    unet = model.unet
+    enc = model.encode([""])
+    pooled, tokens, mask = enc["pooled"], enc["context"][0], enc["context_mask"][0]
+    h_bar = tokens[mask].mean(dim=0) if mask.any() else tokens.new_zeros(tokens.shape[-1])
+    state = {f"unet.{k}": v.clone() for k, v in unet.state_dict().items()}
+    for name, block in unet.named_modules():
+        if isinstance(block, CrossAttnBlock):
+            state[f"unet.{name}.kv.bias"] = block.kv(h_bar.to(block.kv.weight.dtype))
+    if getattr(unet, "cond_proj", None) is not None:
+        last = len(unet.time_embed) - 1  # TimeEmbedding: Linear, SiLU, Linear
+        state[f"unet.time_embed.{last}.bias"] += unet.cond_proj(pooled)[0]
+    if getattr(unet, "layout_proj", None) is not None:
+        if not unet.config.pos_embed:
+            raise KuosanError("a source with --pooled-layout but no --pos-embed: its layout map "
+                              "cannot be folded into a position code")
+        a = unet.layout_proj(pooled)[0].unflatten(-1, (-1, 4 * PositionEmbedding.num_freqs))
+        state["unet.input_pos.proj.weight"] += a
+    return {k: torch.zeros_like(v) if k.endswith(CAPTION_MAPS) else v for k, v in state.items()}
+
+
+# the UNet's maps that read the text encoder's output (its token states or pooled vector)
+CAPTION_MAPS = (".kv.weight", "cond_proj.weight", "layout_proj.weight")
+
+
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
     """Each caption replaced by "" (the null condition) with probability p, drawn from generator."""
     if not 0.0 <= p <= 1.0:

@@ -42,7 +42,14 @@ from .checkpoint import (
     resolve_model,
     save_checkpoint,
 )
-from .conditional import TextConditionedUNet, drop_captions, make_text_encoder
+from .conditional import (
+    CAPTION_MAPS,
+    TextConditionedUNet,
+    build_text_conditioned,
+    drop_captions,
+    fold_empty_caption,
+    make_text_encoder,
+)
 from .data import ArrayDataset, DataInfo, load_dataset
 from .errors import KuosanError
 from .guidance import cfg_model
@@ -345,13 +352,18 @@ def _flag_of_part(key: str) -> str | None:
     return next((flag for piece, flag in OPTIONAL_PARTS.items() if piece in key), None)
 
 
-# the UNet's maps that read the text encoder's output (its token states or pooled vector)
-CAPTION_MAPS = (".kv.weight", "cond_proj.weight", "layout_proj.weight")
-
-
 def reads_caption(key: str) -> bool:
     """Whether the weight ``key`` of a `TextConditionedUNet` maps the text encoder's output."""
     return key.startswith("unet.") and key.endswith(CAPTION_MAPS)
+
+
+def source_unconditional(source: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source``'s UNet weights (``tensors``: its EMA) with its empty caption folded in
+    (`fold_empty_caption`): the caption maps at zero, the text encoder left out."""
+    config = load_config(source)
+    model = build_text_conditioned(config["model"]["config"], config["text_encoder"])
+    load_state_dict_strict(model, tensors, str(source))
+    return {k: v for k, v in fold_empty_caption(model).items() if not reads_caption(k)}
 
 
 def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encoder: bool = False) -> None:
@@ -362,14 +374,16 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encode
     ``--pooled-layout``), so the model starts as the source's function.
 
     ``new_text_encoder`` (``--new-text-encoder``): the source's text encoder is left out (the model
-    keeps its new one), and the maps that read the caption (`reads_caption`: cross-attention's
-    key/value map, the pooled-caption and layout maps) start at zero, so the model starts as the
-    source's network given no caption information, and learns to read the new encoder.
+    keeps its new one), the maps that read the caption (`reads_caption`: cross-attention's
+    key/value map, the pooled-caption and layout maps) start at zero, and the source's encoding
+    of the empty caption is folded into biases (`source_unconditional`), so the model starts as
+    the source's unconditional model (given any caption, what the source draws for the empty
+    one) and learns to read the new encoder from there.
     """
     tensors, _ = load_weights(source, "ema")
     own = model.state_dict()
     if new_text_encoder:
-        tensors = {k: v for k, v in tensors.items() if not (k.startswith("text.") or reads_caption(k))}
+        tensors = source_unconditional(source, tensors)
         own = {k: (torch.zeros_like(v) if reads_caption(k) else v) for k, v in own.items()}
     unexpected = sorted(set(tensors) - set(own))
     flags = [_flag_of_part(k) for k in unexpected]
