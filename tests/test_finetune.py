@@ -160,6 +160,10 @@ def test_init_from_warns_about_another_target(tiny_text_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "trained for the eps target" in err and "--prediction eps" in err
     assert Pipeline.load(tmp_path / "b").prediction == "v"
+    assert "schedule" not in err  # both linear
+    train_tiny_text(dataclasses.replace(cfg, schedule="cosine"), tmp_path / "c")
+    err = capsys.readouterr().err
+    assert "trained with the linear schedule" in err and "--schedule linear --timesteps 1000" in err
 
 
 def test_init_from_a_missing_folder(tmp_path):

@@ -334,6 +334,18 @@ def warn_other_target(source: Path, source_config: dict, prediction: str) -> Non
               f"(pass --prediction {theirs} to keep it)", file=sys.stderr)
 
 
+def warn_other_schedule(source: Path, source_config: dict, schedule: NoiseSchedule) -> None:
+    """Warn when the source of ``--init-from`` was trained with another noise schedule than this
+    run's (its network then meets noise levels it was not trained for at every t)."""
+    theirs = source_config.get("schedule")
+    ours = schedule.to_config()
+    if theirs and theirs != ours:
+        print(f"kuosan: warning: '{source}' was trained with the {theirs.get('type')} schedule "
+              f"(T = {theirs.get('T')}) and this run uses {ours['type']} (T = {ours['T']}): it "
+              f"starts from the weights, not from the same model (pass --schedule "
+              f"{theirs.get('type')} --timesteps {theirs.get('T')} to keep it)", file=sys.stderr)
+
+
 def warn_unknown_words(encoder: Any, captions: Sequence[str], source: Path) -> None:
     words, fraction = unknown_words(encoder, captions)
     if words:
@@ -501,6 +513,7 @@ class Trainer:
         elif source is not None:
             init_weights(model, self.ema, source, new_text_encoder=config.new_text_encoder)
             warn_other_target(source, source_config, config.prediction)
+            warn_other_schedule(source, source_config, self.schedule)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)
