@@ -296,3 +296,11 @@ def test_new_text_encoder_needs_init_from_and_an_encoder():
         cfg = dataclasses.replace(TINY_TEXT, new_text_encoder=True, **change)
         with pytest.raises(KuosanError, match="--new-text-encoder"):
             cfg.check()
+
+
+def test_new_text_encoder_of_a_model_without_text(tmp_path):
+    plain = tmp_path / "plain"
+    train_tiny_text(dataclasses.replace(TINY_TEXT, text_encoder=None, steps=0), plain)
+    cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(plain), new_text_encoder=True)
+    with pytest.raises(KuosanError, match="is not a text model"):
+        train_tiny_text(cfg, tmp_path / "bad")

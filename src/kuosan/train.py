@@ -112,7 +112,7 @@ class TrainConfig:
     pooled_layout: bool = False  # a map from the pooled caption to the canvas (text models)
     word_skip: bool = False  # the small transformer: a per-word vector added to its output states
     init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning)
-    new_text_encoder: bool = False  # with init_from: a new --text-encoder; the caption maps start at 0
+    new_text_encoder: bool = False  # with init_from: a new --text-encoder on its (unconditional) network
 
     def check(self) -> None:
         """Raise KuosanError naming the first bad value."""
@@ -369,16 +369,21 @@ def reads_caption(key: str) -> bool:
     return key.startswith("unet.") and key.endswith(CAPTION_MAPS)
 
 
-def source_unconditional(source: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``source``'s UNet weights (``tensors``: its EMA) with its empty caption folded in
-    (`fold_empty_caption`): the caption maps at zero, the text encoder left out."""
-    config = load_config(source)
-    model = build_text_conditioned(config["model"]["config"], config["text_encoder"])
+def source_unconditional(source: Path, source_config: dict,
+                         tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source``'s UNet weights (``tensors``: its EMA; ``source_config``: its config.json) with
+    its empty caption folded in (`fold_empty_caption`): the caption maps at zero, the text encoder
+    left out."""
+    if not source_config.get("text_encoder"):
+        raise KuosanError(f"--new-text-encoder: '{source}' is not a text model, so it has no text "
+                          "encoder to replace")
+    model = build_text_conditioned(source_config["model"]["config"], source_config["text_encoder"])
     load_state_dict_strict(model, tensors, str(source))
     return {k: v for k, v in fold_empty_caption(model).items() if not reads_caption(k)}
 
 
-def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encoder: bool = False) -> None:
+def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encoder: bool = False,
+                 source_config: dict | None = None) -> None:
     """Copy ``source``'s EMA weights into the model and its EMA (fine-tuning, ``--init-from``).
 
     Every source tensor must exist in the model with the same shape. Model tensors that the source
@@ -390,12 +395,13 @@ def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encode
     key/value map, the pooled-caption and layout maps) start at zero, and the source's encoding
     of the empty caption is folded into biases (`source_unconditional`), so the model starts as
     the source's unconditional model (given any caption, what the source draws for the empty
-    one) and learns to read the new encoder from there.
+    one) and learns to read the new encoder from there. ``source_config``: its config.json
+    (read when not given).
     """
     tensors, _ = load_weights(source, "ema")
     own = model.state_dict()
     if new_text_encoder:
-        tensors = source_unconditional(source, tensors)
+        tensors = source_unconditional(source, source_config or load_config(source), tensors)
         own = {k: (torch.zeros_like(v) if reads_caption(k) else v) for k, v in own.items()}
     unexpected = sorted(set(tensors) - set(own))
     flags = [_flag_of_part(k) for k in unexpected]
@@ -511,7 +517,8 @@ class Trainer:
         if resume:
             self._load(model, optimizer, source_config)
         elif source is not None:
-            init_weights(model, self.ema, source, new_text_encoder=config.new_text_encoder)
+            init_weights(model, self.ema, source, new_text_encoder=config.new_text_encoder,
+                         source_config=source_config)
             warn_other_target(source, source_config, config.prediction)
             warn_other_schedule(source, source_config, self.schedule)
         self.model, self.optimizer = acc.prepare(model, optimizer)
