@@ -1,6 +1,7 @@
 """Position codes in the UNet, fine-tuning with --init-from, and the cosine learning rate."""
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -263,6 +264,9 @@ def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_r
         got = b.model(x, t, captions=["a red circle", "two blue squares on a gray background"])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "on")  # trains
+    train_tiny_text(dataclasses.replace(cfg, steps=1), out, resume=True)  # and resumes
+    assert Pipeline.load(out).config["train"]["new_text_encoder"] is True
+    assert json.loads((out / "training_state.json").read_text())["step"] == 1
 
 
 def test_new_text_encoder_of_another_width(tiny_text_run, tmp_path, monkeypatch):
