@@ -221,8 +221,7 @@ def _text_unet(dim: int, seed: int):
 def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
     """The source's empty caption folded into biases, the caption maps at zero, and a new encoder
     of another width: for every caption the new model computes what the source does for ""."""
-    from kuosan.conditional import fold_empty_caption
-    from kuosan.train import reads_caption
+    from kuosan.conditional import fold_empty_caption, reads_caption
 
     source, new = _text_unet(8, 0), _text_unet(16, 1)
     folded = fold_empty_caption(source)
@@ -241,7 +240,7 @@ def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
 def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_run, tmp_path):
     from safetensors.torch import load_file
 
-    from kuosan.train import reads_caption
+    from kuosan.conditional import reads_caption
 
     out = tmp_path / "swap"
     cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run), new_text_encoder=True)

@@ -69,11 +69,20 @@ class TextConditionedUNet(nn.Module):
         return self
 
 
+# the UNet's maps that read the text encoder's output (its token states or pooled vector)
+CAPTION_MAPS = (".kv.weight", "cond_proj.weight", "layout_proj.weight")
+
+
+def reads_caption(key: str) -> bool:
+    """Whether the weight ``key`` of a `TextConditionedUNet` maps the text encoder's output."""
+    return key.startswith("unet.") and key.endswith(CAPTION_MAPS)
+
+
 @torch.no_grad()
 def fold_empty_caption(model: TextConditionedUNet) -> dict[str, Tensor]:
-    """The UNet's weights (keys as in ``model.state_dict()``) with ``model``'s encoding of the
-    empty caption folded into biases, so that with every map reading the caption at zero (keys
-    ending in `CAPTION_MAPS`) the UNet computes, for any caption, what ``model`` computes given
+    """The UNet's weights but the maps that read the caption (`reads_caption`; keys as in
+    ``model.state_dict()``), with ``model``'s encoding of the empty caption folded into biases, so
+    that with those maps at zero the UNet computes, for any caption, what ``model`` computes given
     the empty one: each cross-attention key/value bias becomes kv(h̄) for h̄ the mean of the empty
     caption's token states (exact when it has one token, as the jointly trained transformer's
     <bos>), the time embedding's last bias gains cond_proj(pooled), and the input position code
@@ -97,11 +106,7 @@ def fold_empty_caption(model: TextConditionedUNet) -> dict[str, Tensor]:
                               "cannot be folded into a position code")
         a = unet.layout_proj(pooled)[0].unflatten(-1, (-1, 4 * PositionEmbedding.num_freqs))
         state["unet.input_pos.proj.weight"] += a
-    return {k: torch.zeros_like(v) if k.endswith(CAPTION_MAPS) else v for k, v in state.items()}
-
-
-# the UNet's maps that read the text encoder's output (its token states or pooled vector)
-CAPTION_MAPS = (".kv.weight", "cond_proj.weight", "layout_proj.weight")
+    return {k: v for k, v in state.items() if not reads_caption(k)}
 
 
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:

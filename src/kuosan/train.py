@@ -43,12 +43,12 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .conditional import (
-    CAPTION_MAPS,
     TextConditionedUNet,
     build_text_conditioned,
     drop_captions,
     fold_empty_caption,
     make_text_encoder,
+    reads_caption,
 )
 from .data import ArrayDataset, DataInfo, load_dataset
 from .errors import KuosanError
@@ -364,22 +364,17 @@ def _flag_of_part(key: str) -> str | None:
     return next((flag for piece, flag in OPTIONAL_PARTS.items() if piece in key), None)
 
 
-def reads_caption(key: str) -> bool:
-    """Whether the weight ``key`` of a `TextConditionedUNet` maps the text encoder's output."""
-    return key.startswith("unet.") and key.endswith(CAPTION_MAPS)
-
-
 def source_unconditional(source: Path, source_config: dict,
                          tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``source``'s UNet weights (``tensors``: its EMA; ``source_config``: its config.json) with
-    its empty caption folded in (`fold_empty_caption`): the caption maps at zero, the text encoder
-    left out."""
+    its empty caption folded in (`fold_empty_caption`): neither the caption maps nor the text
+    encoder."""
     if not source_config.get("text_encoder"):
         raise KuosanError(f"--new-text-encoder: '{source}' is not a text model, so it has no text "
                           "encoder to replace")
     model = build_text_conditioned(source_config["model"]["config"], source_config["text_encoder"])
     load_state_dict_strict(model, tensors, str(source))
-    return {k: v for k, v in fold_empty_caption(model).items() if not reads_caption(k)}
+    return fold_empty_caption(model)
 
 
 def init_weights(model: nn.Module, ema: nn.Module, source: Path, new_text_encoder: bool = False,
