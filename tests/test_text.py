@@ -277,6 +277,19 @@ def test_hf_encoder_from_a_local_folder(tiny_bert: Path) -> None:
     assert torch.equal(again.encode(CAPTIONS).pooled, out.pooled)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_hf_encoder_loads_without_a_progress_bar_and_keeps_the_setting(
+        tiny_bert: Path, capsys: pytest.CaptureFixture[str], enabled: bool) -> None:
+    logging = pytest.importorskip("transformers").utils.logging
+    logging.enable_progress_bar() if enabled else logging.disable_progress_bar()
+    try:
+        HFEncoder(tiny_bert)
+        assert "Loading weights" not in capsys.readouterr().err
+        assert logging.is_progress_bar_enabled() == enabled
+    finally:
+        logging.enable_progress_bar()
+
+
 def test_hf_encoder_names_a_bad_folder(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     with pytest.raises(KuosanError, match="nowhere"):

@@ -27,7 +27,8 @@ import json
 import os
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -305,6 +306,20 @@ def _import_transformers(what: str) -> Any:
     return transformers
 
 
+@contextmanager
+def _no_progress_bar(transformers: Any) -> Iterator[None]:
+    """Hides transformers' "Loading weights" bar (noise on every `kuosan generate`) and restores
+    the caller's setting after."""
+    logging = transformers.utils.logging
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 class HFEncoder(TextEncoder):
     """Any `transformers` text model in a local folder, frozen: tokens = last_hidden_state,
     pooled = masked mean (L2-normalised when `normalize`). Encoder-decoder models (T5) use
@@ -323,8 +338,9 @@ class HFEncoder(TextEncoder):
         try:
             self.hf_tokenizer = transformers.AutoTokenizer.from_pretrained(
                 os.fspath(folder), local_files_only=True)
-            model = transformers.AutoModel.from_pretrained(
-                os.fspath(folder), local_files_only=True)
+            with _no_progress_bar(transformers):
+                model = transformers.AutoModel.from_pretrained(
+                    os.fspath(folder), local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise KuosanError(f"could not load a transformers text model from folder "
                               f"{os.fspath(folder)!r}: {e}") from e
