@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits as _sklearn_load_digits
 from torch import Tensor
 
 DIGITS_SIZE = 8
@@ -20,7 +19,9 @@ def load_digits(size: int = DIGITS_SIZE) -> tuple[Tensor, Tensor]:
     Resizing to `size` ≠ 8 is bilinear on the [0, 1] values (`F.interpolate`,
     align_corners=False, antialias when shrinking), so values stay inside [-1, 1].
     """
-    bunch = _sklearn_load_digits()
+    from sklearn.datasets import load_digits as sklearn_load_digits  # ~1 s: only when used
+
+    bunch = sklearn_load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
     if size != DIGITS_SIZE:
         images = F.interpolate(

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.datasets import make_moons, make_swiss_roll
 from torch import Tensor
 
 TOY_NAMES = ("moons", "swissroll", "gaussians")
@@ -51,6 +50,8 @@ def make_toy(name: str, n: int = TOY_POINTS, seed: int = 0) -> tuple[Tensor, Ten
     moons: `make_moons(noise=0.05)`, label = which moon; swissroll: the (x, z) coordinates of
     `make_swiss_roll(noise=0.5)`, no labels; gaussians: the ring above, label = component.
     """
+    from sklearn.datasets import make_moons, make_swiss_roll  # ~1 s: only when used
+
     if name == "moons":
         points, labels = make_moons(n_samples=n, noise=0.05, random_state=seed)
     elif name == "swissroll":
