@@ -11,19 +11,49 @@ count captions, training distribution); caption j of a kind is generated in batc
 
 Pair breakdown: the fraction of pair images with exactly two objects found, and among those the
 fraction whose objects have every stated attribute and the fraction whose relation holds.
+
+``--prompts`` sets how a pair caption is put to the model (the image is always scored against the
+caption): ``caption`` as it is; ``paraphrase`` composed with its mirror ("A left of B AND B right
+of A": two true captions of the same picture); ``layout`` as each object alone at a place the
+relation implies ("A at the left AND B at the right"; above/below: top and bottom), a
+hand-written layout planner; ``caption+layout`` the caption and both of those. Each part is
+guided with weight ``--part-weight`` (composable diffusion, :func:`kuosan.guidance.composed_cfg_model`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
 
 from kuosan import Pipeline
-from kuosan.data.shapes import format_caption, sample_spec, score
+from kuosan.data.shapes import CaptionSpec, format_caption, sample_spec, score
 
 KINDS = {"pair": 96, "single": 64, "count": 48}
+PROMPTS = ("caption", "paraphrase", "layout", "caption+layout")
+MIRROR = {"to the left of": "to the right of", "to the right of": "to the left of",
+          "above": "below", "below": "above"}
+PLACES = {"to the left of": ("left", "right"), "to the right of": ("right", "left"),
+          "above": ("top", "bottom"), "below": ("bottom", "top")}  # (first, second) object
+
+
+def prompt_for(spec: CaptionSpec, style: str = "caption", weight: float = 1.0) -> str:
+    """What the model is given for ``spec``: its caption, or for a pair one of the composed
+    prompts of ``--prompts`` (module docstring), each part at ``weight``."""
+    caption = format_caption(spec)
+    if spec.kind != "pair" or style == "caption":
+        return caption
+    first, second = spec.objects
+    mirror = format_caption(dataclasses.replace(spec, objects=(second, first),
+                                                relation=MIRROR[spec.relation]))
+    alone = [format_caption(CaptionSpec("single", (dataclasses.replace(o, position=place),),
+                                        background=spec.background))
+             for o, place in zip(spec.objects, PLACES[spec.relation], strict=True)]
+    parts = {"paraphrase": [caption, mirror], "layout": alone,
+             "caption+layout": [caption, *alone]}[style]
+    return " AND ".join(f"{p} :{weight:g}" if weight != 1 else p for p in parts)
 
 
 def draw_specs(seed: int, counts: dict[str, int] = KINDS) -> dict[str, list]:
@@ -44,11 +74,12 @@ def pair_breakdown(results: list) -> dict[str, float]:
             "relation % (of two)": 100 * float(np.mean([bool(r.relation) for r in two])) if two else nan}
 
 
-def probe(model: str, specs: dict, steps: int, guidance: float) -> dict[str, float | str]:
+def probe(model: str, specs: dict, steps: int, guidance: float, prompts: str = "caption",
+          part_weight: float = 1.0) -> dict[str, float | str]:
     pipe = Pipeline.load(model)
     row: dict[str, float | str] = {"model": model}
     for kind, kind_specs in specs.items():
-        captions = [format_caption(s) for s in kind_specs]
+        captions = [prompt_for(s, prompts, part_weight) for s in kind_specs]
         images = []
         for start in range(0, len(captions), 32):
             images += pipe.generate(captions[start:start + 32], num_inference_steps=steps,
@@ -81,17 +112,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--counts", type=kind_counts, default=KINDS, metavar="KIND=N,…",
                    help="captions of each kind (default pair=96,single=64,count=48)")
+    p.add_argument("--prompts", choices=PROMPTS, default="caption",
+                   help="how a pair caption is put to the model (module docstring)")
+    p.add_argument("--part-weight", type=float, default=1.0,
+                   help="the weight of each part of a composed pair prompt")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = draw_specs(args.seed, args.counts)
-    rows = [probe(m, specs, args.steps, args.guidance) for m in args.model]
+    rows = [probe(m, specs, args.steps, args.guidance, args.prompts, args.part_weight)
+            for m in args.model]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    print(f"\n{args.steps} steps, guidance {args.guidance}, caption seed {args.seed}, "
+    print(f"\n{args.steps} steps, guidance {args.guidance}, pair prompts {args.prompts} "
+          f"(part weight {args.part_weight:g}), caption seed {args.seed}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
 
 

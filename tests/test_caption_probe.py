@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kuosan.data.shapes import format_caption, parse, render, sample_scene, score
+from kuosan.data.shapes import Scene, format_caption, parse, render, sample_scene, score
+from kuosan.guidance import parse_composition
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_probe.py"
 FLIP = {"to the left of": "to the right of", "to the right of": "to the left of",
@@ -64,7 +65,7 @@ def test_probe_runs_on_a_tiny_model(probe, tiny_text_run, capsys):
     n = torch.get_num_threads()
     try:
         probe.main(["--model", str(tiny_text_run), "--counts", "pair=2,single=1,count=1", "--steps", "2",
-                    "--threads", "1"])
+                    "--threads", "1", "--prompts", "layout", "--part-weight", "0.5"])
     finally:
         torch.set_num_threads(n)
     lines = capsys.readouterr().out.splitlines()
@@ -74,4 +75,25 @@ def test_probe_runs_on_a_tiny_model(probe, tiny_text_run, capsys):
     assert row["model"] == str(tiny_text_run)
     assert row["pair"].endswith("/2") and row["single"].endswith("/1") and row["count"].endswith("/1")
     assert {"two objects %", "attributes % (of two)", "relation % (of two)"} <= set(row)
-    assert "2 steps, guidance 3.0, caption seed 21" in lines[-1]
+    assert "2 steps, guidance 3.0, pair prompts layout (part weight 0.5), caption seed 21" in lines[-1]
+
+
+def test_composed_pair_prompts_state_the_same_picture(probe):
+    for spec in probe.draw_specs(8, {"pair": 12})["pair"]:
+        assert probe.prompt_for(spec) == format_caption(spec)
+        mirror, = [parse(p) for p, _ in parse_composition(probe.prompt_for(spec, "paraphrase"))[1:]]
+        assert mirror.objects == spec.objects[::-1] and mirror.relation == FLIP[spec.relation]
+        parts = parse_composition(probe.prompt_for(spec, "caption+layout", 0.5))
+        assert [w for _, w in parts] == [0.5] * 3 and parse(parts[0][0]) == spec
+        alone = [parse(p) for p, _ in parts[1:]]
+        assert all(a.kind == "single" and a.background == spec.background for a in alone)
+        assert [dataclasses.replace(a.objects[0], position=None) for a in alone] == list(spec.objects)
+        places = [a.objects[0].position for a in alone]
+        assert places in (["left", "right"], ["right", "left"], ["top", "bottom"], ["bottom", "top"])
+        # the places satisfy the relation: render them and score against the caption
+        scene = [sample_scene(a, np.random.default_rng(0)).objects[0] for a in alone]
+        if spec.objects[0].shape != spec.objects[1].shape:
+            image = render(Scene(tuple(scene), spec.background, 32))
+            assert score(image, spec).relation
+    single = probe.draw_specs(8, {"single": 1})["single"][0]
+    assert probe.prompt_for(single, "layout") == format_caption(single)

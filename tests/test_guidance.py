@@ -7,7 +7,14 @@ import torch
 from torch import Tensor
 
 from kuosan.errors import KuosanError
-from kuosan.guidance import DEFAULT_COND_DROP_PROB, cfg_model, concat_conditions, drop_conditions
+from kuosan.guidance import (
+    DEFAULT_COND_DROP_PROB,
+    cfg_model,
+    composed_cfg_model,
+    concat_conditions,
+    drop_conditions,
+    parse_composition,
+)
 from kuosan.models import UNet, UNetConfig
 from kuosan.samplers import SAMPLERS, model_evaluations, sample
 from kuosan.schedule import NoiseSchedule, x0_eps_from_output
@@ -169,6 +176,81 @@ def test_bad_guidance_arguments_raise() -> None:
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([1.0, 2.0, 3.0])
     with pytest.raises(KuosanError, match="batch dimension of 1 or 3"):
         cfg_model(MODEL, COND, UNCOND, 2.0)(x, t)  # 2 conditions for 3 images
+
+
+# ---- composable diffusion: "A AND B" ---------------------------------------------------------
+
+OTHER = condition(2, 3, seed=4)  # a second caption: other labels, pooled vector and 3 tokens
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+@torch.no_grad()
+def test_composition_is_the_weighted_sum_of_guidance_directions(scale: float) -> None:
+    x, t = inputs()
+    out_a, out_b, out_u = MODEL(x, t, **COND), MODEL(x, t, **OTHER), MODEL(x, t, **UNCOND)
+    counting = Counting(MODEL)
+    weights = torch.tensor([1.5, -0.5])
+    out = composed_cfg_model(counting, [COND, OTHER], weights, UNCOND, scale)(x, t)
+    assert counting.batches == [6]  # the three branches in one call
+    expected = out_u + scale * (1.5 * (out_a - out_u) - 0.5 * (out_b - out_u))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    both = composed_cfg_model(MODEL, [COND, OTHER], None, UNCOND, scale)(x, t)  # weights 1
+    torch.testing.assert_close(both, out_u + scale * (out_a + out_b - 2 * out_u), rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_per_row_weights_and_a_zero_weight_leaves_a_part_out() -> None:
+    # row 0 composes COND and OTHER, row 1 is COND alone (OTHER at weight 0: padding)
+    x, t = inputs()
+    weights = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = composed_cfg_model(MODEL, [COND, OTHER], weights, UNCOND, 3.0)(x, t)
+    torch.testing.assert_close(out[1], separate(3.0)[1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out[0], separate(3.0)[0], atol=1e-3)
+
+
+@torch.no_grad()
+def test_one_condition_of_weight_one_is_plain_guidance() -> None:
+    x, t = inputs()
+    for scale in (1.0, 4.0):
+        torch.testing.assert_close(composed_cfg_model(MODEL, [COND], None, UNCOND, scale)(x, t),
+                                   cfg_model(MODEL, COND, UNCOND, scale)(x, t), rtol=0, atol=0)
+    # weights given: s = 1 still guides (w = 2 doubles the direction), so both branches run
+    counting = Counting(MODEL)
+    out = composed_cfg_model(counting, [COND], torch.tensor([2.0]), UNCOND, 1.0)(x, t)
+    assert counting.batches == [4]
+    torch.testing.assert_close(out, separate(2.0), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_composition_arguments_raise() -> None:
+    x, t = inputs()
+    with pytest.raises(KuosanError, match="at least one condition"):
+        composed_cfg_model(MODEL, [], None, UNCOND, 2.0)
+    with pytest.raises(KuosanError, match=r"\[K\] or \[K, B\] with K = 2"):
+        composed_cfg_model(MODEL, [COND, OTHER], torch.ones(3), UNCOND, 2.0)
+    with pytest.raises(KuosanError, match="finite"):
+        composed_cfg_model(MODEL, [COND, OTHER], torch.tensor([1.0, float("inf")]), UNCOND, 2.0)
+    with pytest.raises(KuosanError, match="3 rows and x_t has 2"):
+        composed_cfg_model(MODEL, [COND, OTHER], torch.ones(2, 3), UNCOND, 2.0)(x, t)
+
+
+@pytest.mark.parametrize(("prompt", "parts"), [
+    ("a red circle", [("a red circle", 1.0)]),
+    ("a red circle :2", [("a red circle :2", 1.0)]),  # a weight only inside a composition
+    ("a red circle AND a blue square", [("a red circle", 1.0), ("a blue square", 1.0)]),
+    ("a red circle :1.5 AND a blue square :-0.5 AND a cross :.25",
+     [("a red circle", 1.5), ("a blue square", -0.5), ("a cross", 0.25)]),
+    ("ratio 16:9 AND x", [("ratio 16:9", 1.0), ("x", 1.0)]),  # no space before the colon
+    ("a BAND and ANDes", [("a BAND and ANDes", 1.0)]),  # only the upper-case word AND
+])
+def test_parse_composition(prompt: str, parts: list) -> None:
+    assert parse_composition(prompt) == parts
+
+
+@pytest.mark.parametrize("prompt", ["a red circle AND", "AND a red circle", "a AND  AND b",
+                                    "a AND :2"])
+def test_parse_composition_names_an_empty_part(prompt: str) -> None:
+    with pytest.raises(KuosanError, match="empty part"):
+        parse_composition(prompt)
 
 
 # ---- condition dropout in training ----------------------------------------------------------

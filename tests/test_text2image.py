@@ -30,6 +30,33 @@ def test_generate_shapes_and_seeds(run):
     assert not np.array_equal(np.asarray(unguided[0]), np.asarray(images[0]))
 
 
+def test_composed_prompts(run):
+    import torch
+
+    pipe = Pipeline.load(run)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([900.0, 300.0])
+
+    def out(captions, **kw):
+        with torch.no_grad():
+            return pipe.conditioned(captions, guidance_scale=2.0, **kw)(x[:len(captions)], t[:len(captions)])
+
+    # a part at weight 0 changes nothing; a plain prompt beside a composed one keeps its output
+    torch.testing.assert_close(out(["a red circle AND a blue square :0"]), out(["a red circle"]),
+                               rtol=1e-4, atol=1e-5)
+    mixed = out(["a red circle AND a blue square", "a green cross"])
+    torch.testing.assert_close(mixed[1:], out(["a red circle", "a green cross"])[1:], rtol=1e-4, atol=1e-5)
+    # u + s·((c_a − u) + (c_b − u)) = guided(a) + guided(b) − u, u = the empty caption's output
+    a, b, u = out(["a red circle"]), out(["a blue square"]), out([""])
+    both = out(["a red circle AND a blue square"])
+    torch.testing.assert_close(both, a + b - u, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(both, a, atol=1e-3)
+    image = pipe.generate("a red circle AND a blue square", num_inference_steps=3, seed=7)
+    assert image[0].size == (32, 32)
+    with pytest.raises(KuosanError, match="empty part"):
+        pipe.generate("a red circle AND", num_inference_steps=3)
+
+
 def test_resume_of_a_text_model_is_exact(run, tmp_path):
     import torch
     from safetensors.torch import load_file

@@ -154,7 +154,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--text-encoder", default=None,
                    help="train text-to-image on captioned data: transformer (trained jointly), minilm "
-                        "(frozen, needs the text extra), or a local transformers folder")
+                        "(frozen, offline), or a local transformers folder")
     p.add_argument("--cond-drop", type=float, default=d.cond_drop,
                    help="probability of the empty caption in training (classifier-free guidance)")
     p.add_argument("--resume", action="store_true",
@@ -275,7 +275,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                     "0000.png, … (image i seeded seed + i). Every PNG carries its generation parameters (a 'parameters' "
                     "line and a 'kuosan' JSON chunk); --from-png IMAGE reproduces it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("prompt", nargs="?", default=None, help="the caption")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help='the caption; "A AND B :0.5" composes captions (each part guided with '
+                        'its weight, default 1; a negative weight guides away from it)')
     _common_generation_flags(p, SAMPLERS)
     p.set_defaults(model=None)  # None: the bundled model, or the one --from-png names
     p.add_argument("--from-png", type=Path, default=None,

@@ -25,7 +25,8 @@ sum to 1, so guiding then converting equals converting then guiding (EDM2's
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -67,23 +68,22 @@ def pad_tokens(context: Tensor, mask: Tensor | None, length: int) -> tuple[Tenso
     return context, mask
 
 
-def concat_conditions(
-    first: Mapping[str, Tensor], second: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """Two conditions stacked along the batch, [first; second], for one model call. Both need the
+def concat_conditions(*conditions: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Conditions stacked along the batch, [first; second; …], for one model call. All need the
     same keys (a missing ``context_mask`` means all tokens are real); ``context`` and
-    ``context_mask`` are padded to the longer of the two token lengths."""
-    if set(first) - {"context_mask"} != set(second) - {"context_mask"}:
-        raise KuosanError(f"cannot batch conditions with different keys: {sorted(first)} and "
-                          f"{sorted(second)}")
+    ``context_mask`` are padded to the longest token length."""
+    first = conditions[0]
+    for other in conditions[1:]:
+        if set(first) - {"context_mask"} != set(other) - {"context_mask"}:
+            raise KuosanError(f"cannot batch conditions with different keys: {sorted(first)} and "
+                              f"{sorted(other)}")
     tokens = ("context", "context_mask")
-    out = {k: torch.cat([first[k], second[k]]) for k in first if k not in tokens}
+    out = {k: torch.cat([c[k] for c in conditions]) for k in first if k not in tokens}
     if "context" in first:
-        length = max(first["context"].shape[1], second["context"].shape[1])
-        ctx_a, mask_a = pad_tokens(first["context"], first.get("context_mask"), length)
-        ctx_b, mask_b = pad_tokens(second["context"], second.get("context_mask"), length)
-        out["context"] = torch.cat([ctx_a, ctx_b])
-        out["context_mask"] = torch.cat([mask_a, mask_b])
+        length = max(c["context"].shape[1] for c in conditions)
+        padded = [pad_tokens(c["context"], c.get("context_mask"), length) for c in conditions]
+        out["context"] = torch.cat([ctx for ctx, _ in padded])
+        out["context_mask"] = torch.cat([mask for _, mask in padded])
     return out
 
 
@@ -100,30 +100,97 @@ def cfg_model(
     docstring). ``uncond`` is the null condition, or a negative prompt's encoding. Tensors with
     a batch of 1 are broadcast to the batch of x_t. None entries are left out.
     """
+    return composed_cfg_model(model, [cond], None, uncond, guidance_scale)
+
+
+def composed_cfg_model(
+    model: Callable[..., Tensor], conds: Sequence[Cond], weights: Tensor | None, uncond: Cond,
+    guidance_scale: float,
+) -> ModelFn:
+    """Composable diffusion (Liu et al. 2022, the conjunction "AND"): the guided model
+    (x_t, t) ↦ out_u + s·Σ_k w_k·(out_k − out_u), with out_k = model(x_t, t, **conds[k]),
+    out_u = model(x_t, t, **uncond) and s = ``guidance_scale``.
+
+    ``weights`` is [K] or [K, B] (one weight per condition and row; None: all 1); a negative
+    weight guides away from its condition (the paper's "NOT"), a zero weight leaves a row's
+    padding condition out. One condition of weight 1 is :func:`cfg_model`: then s = 1 is no
+    guidance, one call on the condition alone. Otherwise the K + 1 branches run as one call on
+    a (K + 1)-fold batch when their keys match, as K + 1 calls when they do not. Valid for ε-,
+    x_0- and v-prediction alike, as the weights on the K + 1 outputs sum to 1 (module docstring).
+    """
     scale = float(guidance_scale)
     if not math.isfinite(scale):
         raise KuosanError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-    cond, uncond = _present(cond), _present(uncond)
+    if not conds:
+        raise KuosanError("composed guidance needs at least one condition")
+    conds, uncond = [_present(c) for c in conds], _present(uncond)
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if weights.ndim not in (1, 2) or weights.shape[0] != len(conds):
+            raise KuosanError(f"weights must be [K] or [K, B] with K = {len(conds)} conditions, "
+                              f"got shape {list(weights.shape)}")
+        if not bool(torch.isfinite(weights).all()):
+            raise KuosanError("composition weights must be finite numbers")
 
-    if scale == 1.0:
+    if len(conds) == 1 and weights is None and scale == 1.0:
+        cond = conds[0]
+
         def conditional(x: Tensor, t: Tensor) -> Tensor:
             return model(x, t, **_fit_batch(cond, x.shape[0], "cond"))
         return conditional
 
-    batched = set(cond) - {"context_mask"} == set(uncond) - {"context_mask"}
+    keys = {frozenset(set(c) - {"context_mask"}) for c in [*conds, uncond]}
+    batched = len(keys) == 1
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         b = x.shape[0]
+        if weights is not None and weights.ndim == 2 and weights.shape[1] not in (1, b):
+            raise KuosanError(f"weights have {weights.shape[1]} rows and x_t has {b}")
         t = t.expand(b) if t.ndim == 0 else t
-        c, u = _fit_batch(cond, b, "cond"), _fit_batch(uncond, b, "uncond")
+        cs = [_fit_batch(c, b, "cond") for c in conds]
+        u = _fit_batch(uncond, b, "uncond")
+        n = len(cs) + 1
         if batched:
-            out = model(torch.cat([x, x]), torch.cat([t, t]), **concat_conditions(c, u))
-            out_cond, out_uncond = out.chunk(2)
+            outs = model(torch.cat([x] * n), torch.cat([t] * n), **concat_conditions(*cs, u)).chunk(n)
         else:
-            out_cond, out_uncond = model(x, t, **c), model(x, t, **u)
-        return out_uncond + scale * (out_cond - out_uncond)
+            outs = [model(x, t, **c) for c in (*cs, u)]
+        out_uncond = outs[-1]
+        deltas = [o - out_uncond for o in outs[:-1]]
+        if weights is not None:  # [K] or [K, B] -> broadcast over each row's output
+            w = weights.to(x.device, x.dtype)
+            w = w.reshape(*w.shape, *[1] * (x.ndim + 1 - w.ndim))
+            deltas = [w[k] * d for k, d in enumerate(deltas)]
+        delta = deltas[0]
+        for d in deltas[1:]:
+            delta = delta + d
+        return out_uncond + scale * delta
 
     return guided
+
+
+_AND = re.compile(r"(?<!\S)AND(?!\S)")  # the word AND, between spaces or at an end
+_WEIGHT = re.compile(r"(?<!\S):\s*([-+]?(?:\d+\.?\d*|\.\d+))$")  # " :W" ending a part
+
+
+def parse_composition(prompt: str) -> list[tuple[str, float]]:
+    """The parts of a composed prompt and their weights, for :func:`composed_cfg_model`:
+    "a red circle AND a blue square :0.5" → [("a red circle", 1.0), ("a blue square", 0.5)].
+
+    Parts are joined by the upper-case word AND (Composable Diffusion's and AUTOMATIC1111's
+    syntax); each may end in a weight " :W" (a space before the colon; negative: guide away from
+    it). A prompt without AND is one part of weight 1, returned as it is."""
+    if not _AND.search(prompt):
+        return [(prompt, 1.0)]
+    parts = []
+    for part in _AND.split(prompt):
+        part = part.strip()
+        match = _WEIGHT.search(part)
+        text, weight = (part[:match.start()].rstrip(), float(match.group(1))) if match else (part, 1.0)
+        if not text:
+            raise KuosanError(f"prompt {prompt!r} has an empty part: AND joins two captions, "
+                              "e.g. \"a red circle AND a blue square\"")
+        parts.append((text, weight))
+    return parts
 
 
 def drop_conditions(

@@ -39,7 +39,7 @@ from .edit import (
     sdedit,
 )
 from .errors import KuosanError
-from .guidance import cfg_model
+from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
 from .models import build_model
 from .samplers import Generators, sample
@@ -113,7 +113,9 @@ class Pipeline:
                     guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         """The model (x_t, t) ↦ output for a batch with these captions (one per row), guided
         with ``guidance_scale`` (default :attr:`default_guidance`; 1 = none) against the empty
-        caption or ``negative_prompt``. A model without text takes only empty captions."""
+        caption or ``negative_prompt``. A caption "A AND B :0.5" composes its parts
+        (:func:`kuosan.guidance.parse_composition`, :func:`~kuosan.guidance.composed_cfg_model`):
+        out_u + s·Σ_k w_k·(out_k − out_u). A model without text takes only empty captions."""
         if not self.is_text_conditioned:
             if any(captions) or negative_prompt:
                 raise KuosanError(f"'{self.name}' is not a text-to-image model: it takes no prompt "
@@ -122,6 +124,14 @@ class Pipeline:
         scale = self.default_guidance if guidance_scale is None else guidance_scale
         if not any(captions) and not negative_prompt:
             scale = 1.0  # the condition is the null condition: guidance would change nothing
+        parts = [parse_composition(c) for c in captions]
+        if any(len(p) > 1 for p in parts):  # "… AND …": composable diffusion
+            k = max(len(p) for p in parts)  # rows with fewer parts get "" at weight 0
+            texts = [[p[i][0] if i < len(p) else "" for p in parts] for i in range(k)]
+            weights = torch.tensor([[p[i][1] if i < len(p) else 0.0 for p in parts]
+                                    for i in range(k)])
+            return composed_cfg_model(self.model, [self.model.encode(t) for t in texts], weights,
+                                      self.model.encode([negative_prompt or ""]), scale)
         uncond = self.model.encode([negative_prompt or ""]) if scale != 1.0 else {}
         return cfg_model(self.model, self.model.encode(list(captions)), uncond, scale)
 
