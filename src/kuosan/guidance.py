@@ -20,6 +20,10 @@ predicts ε, x_0 or v: at fixed (x_t, t) each of ε̂, x̂_0, v̂ is an affine f
 others whose coefficients do not depend on the condition, and the guidance weights (1 − s, s)
 sum to 1, so guiding then converting equals converting then guiding (EDM2's
 ``ref_Dx.lerp(Dx, guidance)`` on the denoiser D(x; σ) is the same thing).
+
+Composed prompts ("A AND B :0.5", Composable Diffusion, Liu et al. 2022) sum the parts'
+guidance directions, out = out_u + s·Σ_k w_k·(out_k − out_u) (:func:`composed_cfg_model`,
+prompts split by :func:`parse_composition`); its weights on the K + 1 outputs sum to 1 as well.
 """
 
 from __future__ import annotations
