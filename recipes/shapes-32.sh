@@ -5,9 +5,11 @@
 #
 #   bash recipes/shapes-32.sh [RUN_FOLDER]
 #
-# Six stages, each starting from the previous one's EMA weights (`--init-from`); the new maps
+# Eight stages, each starting from the previous one's EMA weights (`--init-from`); the new maps
 # of stages 2-4 start at zero, so each of them starts as the previous stage's model (stage 5
 # changes the target from ε to v: it starts from the weights, not from the same function).
+# Stages 1-6 train the UNet with a jointly trained transformer encoder; stage 7 swaps it for the
+# frozen all-MiniLM-L6-v2 (docs/shapes-32.md has the why of every stage).
 #   1. 3,769 steps of the `fast` UNet with the jointly trained transformer encoder, constant
 #      learning rate (~95 minutes on 2 CPU cores).
 #   2. + the UNet's position code (`--pos-embed`), 1,250 steps of a cosine decay planned for
@@ -21,7 +23,13 @@
 #      886 steps of a cosine decay planned for 3,000 (stopped by hand: position words still
 #      gave the same layout; ~34 minutes).
 #   6. + `--high-noise 0.4`: 40 % of the timesteps drawn from the noisiest 15 % of steps, where
-#      the layout is decided; 1,800 steps of a cosine decay (~55 minutes).
+#      the layout is decided; 1,800 steps of a cosine decay (~55 minutes). The bundled model
+#      until 2026-12-01.
+#   7. `--new-text-encoder --text-encoder minilm`: stage 6's network taught to read the frozen
+#      MiniLM; the caption maps start at zero and the old empty caption is folded into biases, so
+#      the run starts as stage 6's unconditional model. Half the captions are pairs. 2,700 steps
+#      of a cosine decay (~87 minutes).
+#   8. stage 7 continued on a new draw: 3,000 steps of a cosine decay from lr 5e-4 (~90 minutes).
 # Stages 1-5 ignored position words (position accuracy at chance); see docs/shapes-32.md.
 #
 # Every random draw of training step k is seeded by (seed, k), so the same commands give the same
@@ -45,5 +53,13 @@ COMMON+=(--prediction v --weighting uniform --pos-embed --pooled-layout --word-s
 kuosan train "${COMMON[@]}" --seed 4 --init-from "$RUN-stage4" \
     --lr-decay cosine --decay-steps 3000 --steps 886 --out "$RUN-stage5"
 kuosan train "${COMMON[@]}" --seed 5 --high-noise 0.4 --init-from "$RUN-stage5" \
-    --lr-decay cosine --decay-steps 1800 --steps 1800 --out "$RUN"
+    --lr-decay cosine --decay-steps 1800 --steps 1800 --out "$RUN-stage6"
+MINILM=(--data shapes --size 32 --preset fast --schedule cosine --text-encoder minilm
+        --prediction v --weighting uniform --high-noise 0.4 --pos-embed --pooled-layout
+        --cond-drop 0.1 --batch 64 --lr-decay cosine --shapes-mix single=0.3,pair=0.5,count=0.2
+        --save-every 150 --grid-size 16)
+kuosan train "${MINILM[@]}" --seed 7 --new-text-encoder --init-from "$RUN-stage6" \
+    --lr 8e-4 --steps 2700 --sample-every 900 --out "$RUN-stage7"
+kuosan train "${MINILM[@]}" --seed 8 --init-from "$RUN-stage7" \
+    --lr 5e-4 --warmup 100 --steps 3000 --sample-every 1000 --out "$RUN"
 kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE" --sampler dpmpp_2m

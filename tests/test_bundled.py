@@ -28,7 +28,7 @@ def test_bundled_model_is_slim_and_text_conditioned(pipe):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     assert (folder / "model.safetensors").stat().st_size < 20 * 2**20
     config = json.loads((folder / "config.json").read_text())
-    assert config["exported"]["dtype"] == "float16" and config["text_encoder"]["type"] == "transformer"
+    assert config["exported"]["dtype"] == "float16" and config["text_encoder"]["type"] == "minilm"
     assert pipe.is_text_conditioned and pipe.info.shape == (3, 32, 32)
 
 
