@@ -5,7 +5,7 @@
 #
 #   bash recipes/shapes-32.sh [RUN_FOLDER]
 #
-# Eight stages, each starting from the previous one's EMA weights (`--init-from`); the new maps
+# Nine stages, each starting from the previous one's EMA weights (`--init-from`); the new maps
 # of stages 2-4 start at zero, so each of them starts as the previous stage's model (stage 5
 # changes the target from ε to v: it starts from the weights, not from the same function).
 # Stages 1-6 train the UNet with a jointly trained transformer encoder; stage 7 swaps it for the
@@ -30,6 +30,8 @@
 #      the run starts as stage 6's unconditional model. Half the captions are pairs. 2,700 steps
 #      of a cosine decay (~87 minutes).
 #   8. stage 7 continued on a new draw: 3,000 steps of a cosine decay from lr 5e-4 (~90 minutes).
+#   9. stage 8 continued on a new draw with 60 % pair captions: 2,400 steps of a cosine decay
+#      from lr 4e-4 (~73 minutes).
 # Stages 1-5 ignored position words (position accuracy at chance); see docs/shapes-32.md.
 #
 # Every random draw of training step k is seeded by (seed, k), so the same commands give the same
@@ -61,5 +63,7 @@ MINILM=(--data shapes --size 32 --preset fast --schedule cosine --text-encoder m
 kuosan train "${MINILM[@]}" --seed 7 --new-text-encoder --init-from "$RUN-stage6" \
     --lr 8e-4 --steps 2700 --sample-every 900 --out "$RUN-stage7"
 kuosan train "${MINILM[@]}" --seed 8 --init-from "$RUN-stage7" \
-    --lr 5e-4 --warmup 100 --steps 3000 --sample-every 1000 --out "$RUN"
+    --lr 5e-4 --warmup 100 --steps 3000 --sample-every 1000 --out "$RUN-stage8"
+kuosan train "${MINILM[@]}" --shapes-mix single=0.2,pair=0.6,count=0.2 --seed 9 \
+    --init-from "$RUN-stage8" --lr 4e-4 --warmup 100 --steps 2400 --sample-every 800 --out "$RUN"
 kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE" --sampler dpmpp_2m
