@@ -30,6 +30,7 @@ import torch
 
 from kuosan import Pipeline
 from kuosan.data.shapes import CaptionSpec, format_caption, sample_spec, score
+from kuosan.samplers import SAMPLERS
 
 KINDS = {"pair": 96, "single": 64, "count": 48}
 PROMPTS = ("caption", "paraphrase", "layout", "caption+layout")
@@ -75,7 +76,7 @@ def pair_breakdown(results: list) -> dict[str, float]:
 
 
 def probe(model: str, specs: dict, steps: int, guidance: float, prompts: str = "caption",
-          part_weight: float = 1.0) -> dict[str, float | str]:
+          part_weight: float = 1.0, sampler: str | None = None) -> dict[str, float | str]:
     pipe = Pipeline.load(model)
     row: dict[str, float | str] = {"model": model}
     for kind, kind_specs in specs.items():
@@ -83,7 +84,7 @@ def probe(model: str, specs: dict, steps: int, guidance: float, prompts: str = "
         images = []
         for start in range(0, len(captions), 32):
             images += pipe.generate(captions[start:start + 32], num_inference_steps=steps,
-                                    guidance_scale=guidance, seed=1000 + start)
+                                    guidance_scale=guidance, seed=1000 + start, sampler=sampler)
         results = [score(im, s) for im, s in zip(images, kind_specs, strict=True)]
         row[kind] = f"{sum(r.satisfied for r in results)}/{len(results)}"
         if kind == "pair":
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=21, help="caption generator")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: each model's own")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--counts", type=kind_counts, default=KINDS, metavar="KIND=N,…",
                    help="captions of each kind (default pair=96,single=64,count=48)")
@@ -120,14 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = draw_specs(args.seed, args.counts)
-    rows = [probe(m, specs, args.steps, args.guidance, args.prompts, args.part_weight)
+    rows = [probe(m, specs, args.steps, args.guidance, args.prompts, args.part_weight, args.sampler)
             for m in args.model]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    print(f"\n{args.steps} steps, guidance {args.guidance}, pair prompts {args.prompts} "
+    sampler = args.sampler or "the model's own"
+    print(f"\n{args.steps} steps, sampler {sampler}, guidance {args.guidance}, pair prompts {args.prompts} "
           f"(part weight {args.part_weight:g}), caption seed {args.seed}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
 
