@@ -65,7 +65,7 @@ def test_probe_runs_on_a_tiny_model(probe, tiny_text_run, capsys):
     n = torch.get_num_threads()
     try:
         probe.main(["--model", str(tiny_text_run), "--counts", "pair=2,single=1,count=1", "--steps", "2",
-                    "--threads", "1", "--prompts", "layout", "--part-weight", "0.5"])
+                    "--threads", "1", "--prompts", "layout", "--part-weight", "0.5", "--sampler", "ddim"])
     finally:
         torch.set_num_threads(n)
     lines = capsys.readouterr().out.splitlines()
@@ -75,7 +75,7 @@ def test_probe_runs_on_a_tiny_model(probe, tiny_text_run, capsys):
     assert row["model"] == str(tiny_text_run)
     assert row["pair"].endswith("/2") and row["single"].endswith("/1") and row["count"].endswith("/1")
     assert {"two objects %", "attributes % (of two)", "relation % (of two)"} <= set(row)
-    assert "2 steps, guidance 3.0, pair prompts layout (part weight 0.5), caption seed 21" in lines[-1]
+    assert "2 steps, sampler ddim, guidance 3.0, pair prompts layout (part weight 0.5), caption seed 21" in lines[-1]
 
 
 def test_composed_pair_prompts_state_the_same_picture(probe):
