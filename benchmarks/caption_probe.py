@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", action="append", required=True, help="checkpoint or bundled name (repeat)")
     p.add_argument("--seed", type=int, default=21, help="caption generator")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=3.0,
+                   help="the same for every model (not each one's default; default 3)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: each model's own")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--counts", type=kind_counts, default=KINDS, metavar="KIND=N,…",

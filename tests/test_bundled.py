@@ -6,6 +6,8 @@ are fixed, so each check is deterministic on a given machine.
 """
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +81,21 @@ def test_inpaint_with_the_bundled_model_keeps_the_rest(pipe):
                        num_images_per_prompt=4, seed=0)
     for o in out:
         assert np.array_equal(np.asarray(o)[:, :18], np.asarray(image)[:, :18])
+
+
+def test_recipe_makes_the_bundled_file():
+    """recipes/shapes-32.sh's last stage and export are what made the bundled config.json: its
+    seed, learning rate, caption mix, the exported step, the guidance and the sampler."""
+    recipe = (Path(__file__).parents[1] / "recipes" / "shapes-32.sh").read_text()
+    config = json.loads((BUNDLED / "shapes-32" / "config.json").read_text())
+    train, last = config["train"], recipe.split("kuosan train")[-1]
+    flag = {m[0]: m[1] for m in re.findall(r"--([a-z-]+) (\S+)", last.split("kuosan export")[0])}
+    assert int(flag["seed"]) == train["seed"]
+    assert float(flag["lr"]) == train["lr"]
+    assert int(flag["steps"]) == config["exported"]["step"]
+    assert int(flag.get("decay-steps", flag["steps"])) == (train["decay_steps"] or train["steps"])
+    mix = dict(part.split("=") for part in flag["shapes-mix"].split(","))
+    assert {k: float(v) for k, v in mix.items()} == train["shapes_mix"]
+    guidance = re.search(r"^GUIDANCE=(\S+)$", recipe, re.MULTILINE)[1]
+    assert float(guidance) == config["sampling"]["guidance"]
+    assert "--sampler " + config["sampling"]["sampler"] in last.split("kuosan export")[1]
