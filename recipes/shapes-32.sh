@@ -75,4 +75,4 @@ kuosan export "$RUN-stage9" --out "$RUN-stage9-fp16" --guidance 3 --sampler dpmp
 kuosan train "${MINILM[@]}" --shapes-mix single=0.15,pair=0.6,count=0.25 --seed 10 \
     --init-from "$RUN-stage9-fp16" --lr 3e-4 --warmup 100 --decay-steps 3000 --steps 2400 \
     --sample-every 1000 --out "$RUN"
-kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --guidance "$GUIDANCE" --sampler dpmpp_2m
+kuosan export "$RUN" --out src/kuosan/bundled/shapes-32 --replace --guidance "$GUIDANCE" --sampler dpmpp_2m

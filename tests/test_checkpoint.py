@@ -118,3 +118,10 @@ def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
     assert pipe.sample(2, sampler="ddim", num_inference_steps=3).shape == (2, 1, 8, 8)
     with pytest.raises(KuosanError, match="already holds a checkpoint"):
         ck.export_checkpoint(run, slim)
+    again = ck.export_checkpoint(run, slim, sampling={"guidance": 4.0}, replace=True)
+    assert Pipeline.load(again).default_guidance == 4.0
+    with pytest.raises(KuosanError, match="only overwrites another exported"):
+        ck.export_checkpoint(slim, run, replace=True)  # a training run's folder
+    with pytest.raises(KuosanError, match="only overwrites another exported"):
+        ck.export_checkpoint(slim, slim, replace=True)  # the source itself
+    assert (run / "training_state.json").exists() and Pipeline.load(slim).default_guidance == 4.0

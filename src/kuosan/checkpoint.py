@@ -118,16 +118,23 @@ def save_checkpoint(
 
 
 def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "ema",
-                      half: bool = True, sampling: Mapping[str, Any] | None = None) -> Path:
+                      half: bool = True, sampling: Mapping[str, Any] | None = None,
+                      replace: bool = False) -> Path:
     """A slim inference checkpoint from a training run: ``config.json`` (with ``sampling``
     defaults merged in, e.g. {"guidance": 3.0}) and ``model.safetensors`` holding the ``weights``
     ("ema" or "model"), floating tensors in float16 when ``half`` (they load into the float32
-    model). ``dest`` must not hold a checkpoint already."""
+    model). ``dest`` must not hold a checkpoint already, unless ``replace`` and it holds a slim
+    one (never a training run's folder, nor ``source`` itself)."""
     source, dest = Path(source), Path(dest)
     config = load_config(source)
     tensors, step = load_weights(source, weights)
     if (dest / CONFIG).exists():
-        raise KuosanError(f"'{dest}' already holds a checkpoint: choose another --out")
+        if not replace:
+            raise KuosanError(f"'{dest}' already holds a checkpoint: choose another --out "
+                              "(or --replace an exported one)")
+        if dest.resolve() == source.resolve() or (dest / STATE_JSON).exists():
+            raise KuosanError(f"'{dest}' is the source or a training run's folder: --replace "
+                              "only overwrites another exported checkpoint")
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     config["sampling"] = {**config.get("sampling", {}), **(sampling or {})}

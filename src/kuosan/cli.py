@@ -640,6 +640,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="the default guidance scale that generate and the edit commands use")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="the default sampler that generate and the edit commands use")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite an exported checkpoint already in --out (not a training run)")
     p.set_defaults(func=run_export)
 
 
@@ -649,7 +651,7 @@ def run_export(args: argparse.Namespace) -> int:
     sampling = {k: v for k, v in (("guidance", args.guidance), ("sampler", args.sampler))
                 if v is not None}
     out = export_checkpoint(args.model, args.out, weights=args.weights, half=not args.fp32,
-                            sampling=sampling)
+                            sampling=sampling, replace=args.replace)
     size = (out / MODEL).stat().st_size / 2**20
     print(f"kuosan: exported {args.weights} weights of '{args.model}' to {out} ({size:.1f} MiB)")
     return 0
