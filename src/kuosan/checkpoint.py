@@ -141,6 +141,9 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
     config["exported"] = {"from": str(source), "weights": weights, "step": step,
                           "dtype": "float16" if half else "as trained"}
     dest.mkdir(parents=True, exist_ok=True)
+    # a replaced checkpoint's old config goes first: a crash before the new one is written leaves
+    # a folder that does not load, never new weights under the old config
+    (dest / CONFIG).unlink(missing_ok=True)
     write_tensors(dest / MODEL, tensors, step or 0)
     write_json(dest / CONFIG, config)
     return dest
