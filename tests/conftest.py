@@ -1,6 +1,17 @@
-"""Shared fixtures: one tiny text-to-image run, trained once per test session."""
+"""Shared fixtures: one tiny text-to-image run, trained once per test session.
+
+How the suite keeps bit-exact tests exact: a float32 result is reproducible only under the same
+kernels, and torch picks kernels (and MKL/oneDNN their blocking) by the thread count; setting the
+count back does not put oneDNN back in the state it was in. So (1) no test changes torch's thread
+count: ``_threads_unchanged`` fails the test that does (a test of a ``--threads`` flag passes the
+current count); (2) a bit-exact test makes both runs it compares inside the test, side by side,
+never against a run made earlier by a fixture or another test; (3) across processes it pins
+``OMP_NUM_THREADS`` in the child's environment. Where exactness cannot hold (a different reduction
+order), the test's tolerance says in a comment where its bound comes from.
+"""
 
 import pytest
+import torch
 
 import kuosan.data as kd
 from kuosan.train import TrainConfig, train
@@ -19,6 +30,17 @@ def train_tiny_text(config: TrainConfig, out, resume: bool = False) -> None:
         train(config, out, resume=resume, progress=False)
     finally:
         mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _threads_unchanged():
+    """Fail a test that changes torch's thread count (it would change later tests' kernels)."""
+    n = torch.get_num_threads()
+    yield
+    changed = torch.get_num_threads()
+    if changed != n:
+        torch.set_num_threads(n)
+        pytest.fail(f"the test changed torch's thread count from {n} to {changed}")
 
 
 @pytest.fixture(scope="session")
