@@ -43,6 +43,12 @@ def _threads_unchanged():
         pytest.fail(f"the test changed torch's thread count from {n} to {changed}")
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Start every test from the same global RNG state, whatever ran before it."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def tiny_text_run(tmp_path_factory):
     """A text-conditioned checkpoint (joint transformer encoder) after 3 steps."""
