@@ -22,12 +22,15 @@ TINY_UNET = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num
 def test_coord_features_tell_every_pixel_apart():
     f = coord_features(6, 5, num_freqs=4)
     assert f.shape == (30, 16)
-    assert torch.cdist(f, f).add(torch.eye(30) * 9).min() > 0.1  # no two pixels share a code
+    # no two pixels share a code: 2.0 apart at least (sines of distinct places), 0.1 ≫ rounding
+    assert torch.cdist(f, f).add(torch.eye(30) * 9).min() > 0.1
     # row-major, u across: pixel (0, 4) is the top right; its u is (4 + 0.5) / 5 * 2 - 1
     u = (4 + 0.5) / 5 * 2 - 1
+    # float32 π·u and sin: two roundings of values ≤ π, ≤ 2·2⁻²⁴·π ≈ 4e-7
     assert math.isclose(f[4, 0].item(), math.sin(math.pi * u), abs_tol=1e-6)
     # relative to the canvas: the same place at another resolution has the same code
-    torch.testing.assert_close(coord_features(1, 1, 3), coord_features(3, 3, 3)[4:5])
+    # exact: the centre's u is 0.5/1·2 − 1 = 1.5/3·2 − 1 = 0 in any binary floating point
+    torch.testing.assert_close(coord_features(1, 1, 3), coord_features(3, 3, 3)[4:5], atol=0, rtol=0)
 
 
 def test_position_embedding_starts_at_zero():
@@ -54,7 +57,8 @@ def test_weights_without_position_load_and_compute_the_same():
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
     cond = {"pooled": torch.randn(2, 8), "context": torch.randn(2, 4, 8)}
     with torch.no_grad():
-        torch.testing.assert_close(with_pos(x, t, **cond), plain(x, t, **cond))
+        # exact: adding a zero code changes no value, and the same shapes run the same kernels
+        torch.testing.assert_close(with_pos(x, t, **cond), plain(x, t, **cond), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -72,6 +76,8 @@ def test_position_code_lets_attention_tell_pixels_apart(cross):
         with torch.no_grad():
             y = block(x, context) if cross else block(x)
         spread = (y - y[..., :1, :1]).abs().max().item()
+        # every pixel has the same input: at most a kernel's tail rounds some differently (a few
+        # ulps of |y| < 5, ~1e-6); a std-0.3 code moves them by O(1) (2 seen), ≫ 1e-2
         assert (spread < 1e-5) if expect_constant else (spread > 1e-2), (pos, spread)
 
 
@@ -101,11 +107,13 @@ def test_pooled_layout_is_a_caption_dependent_map():
         assert layout[0].std(dim=(-2, -1)).min() > 0  # ...and on the place
         assert not torch.allclose(unet(x[:1], t[:1], pooled=pooled[:1]), base)
         # linear in the pooled vector
-        torch.testing.assert_close(unet.layout_map(2 * pooled, 16, 16), 2 * layout)
+        # exact: ×2 commutes with every rounding, so a map without bias doubles bit for bit
+        torch.testing.assert_close(unet.layout_map(2 * pooled, 16, 16), 2 * layout, atol=0, rtol=0)
 
 
 def test_cosine_learning_rate():
     cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, lr_decay="cosine")
+    # float64 formulas: pytest.approx's rel 1e-6 is ≫ their rounding (~1e-16)
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert learning_rate(cfg, 10) == pytest.approx(1e-3)
     assert learning_rate(cfg, 60) == pytest.approx(5e-4)
@@ -195,7 +203,8 @@ def test_word_skip_starts_at_zero_and_keeps_words_apart():
         torch.testing.assert_close(skip.encode(caps).tokens, plain.encode(caps).tokens)
         skip.skip_embedding.weight[tok.encode("top")[0]] = 5.0
         diff = skip.encode(caps).tokens[0, -1] - skip.encode(caps).tokens[1, -1]
-        assert diff.norm() > 10  # the skip reaches the output state of its own word
+        # the skip reaches the output state of its own word: it adds 5·√16 = 20 there
+        assert diff.norm() > 10
         out = skip.encode(["a"]).tokens
         assert torch.count_nonzero(out[0, 1] - plain.encode(["a"]).tokens[0, 1]) == 0  # others not
     cfg = skip.config()
@@ -233,6 +242,8 @@ def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
     captions = ["a red circle above a blue square", "a blue square at the top", ""]
     with torch.no_grad():
         want = source(x, t, captions=[""] * 3)
+        # folding reorders float32 sums (a bias precomputed, not added at run time): ~2⁻²⁴·|x|
+        # per layer over ~20 layers, |x| < 1 (2e-7 seen), ≪ 1e-5 ≪ the 4e-2 a caption makes
         torch.testing.assert_close(new(x, t, captions=captions), want, atol=1e-5, rtol=1e-5)
         assert (source(x, t, captions=captions) - want).abs().max() > 1e-2  # captions mattered
 
@@ -261,7 +272,7 @@ def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_r
     with torch.no_grad():
         want = a.model(x, t, captions=["", ""])
         got = b.model(x, t, captions=["a red circle", "two blue squares on a gray background"])
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # folded sums: as in the test above
     train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "on")  # trains
     train_tiny_text(dataclasses.replace(cfg, steps=1), out, resume=True)  # and resumes
     assert Pipeline.load(out).config["train"]["new_text_encoder"] is True
