@@ -11,11 +11,11 @@ from PIL import Image
 from kuosan import KuosanError, Pipeline
 from kuosan.cli import main
 from kuosan.edit import (
+    PinnedDenoiser,
     composite,
     feather_mask,
     inpaint,
     mask_from_image,
-    pin_known,
     sdedit,
     strength_start,
     window_plan,
@@ -87,20 +87,17 @@ def test_composite_keeps_unmasked_pixels_exactly():
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_pinned_model_says_the_known_pixels(prediction):
+def test_pinned_denoiser_says_the_known_pixels(prediction):
     gm = correlated_gaussian()
     known = torch.tensor([[1.5, -0.3]], dtype=torch.float64).repeat(5, 1)
     mask = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    pinned = pin_known(gm.model(SCHEDULE, prediction), known, mask, schedule=SCHEDULE,
-                       prediction=prediction, generator=torch.Generator().manual_seed(0))
-    d = Denoiser(pinned, SCHEDULE, prediction)
+    inner = Denoiser(gm.model(SCHEDULE, prediction), SCHEDULE, prediction)
+    d = PinnedDenoiser(inner, known, mask, generator=torch.Generator().manual_seed(0))
     x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3
     x0 = d(x, torch.tensor(2.0))
-    # not bit-exact: the model sees t in float32, the Denoiser converts with float64 t
-    # (composite() restores the known pixels exactly); t rounded to float32 (2⁻²⁴ relative) moves
-    # ᾱ_t, and x̂_0 = (x − √(1−ᾱ)ε̂)/√ᾱ with |x| ≤ 10 turns that into ~2e-7 (eps), under 1e-6
-    torch.testing.assert_close(x0[:, 0], known[:, 0], rtol=0, atol=1e-6)
+    assert torch.equal(x0[:, 0], known[:, 0])  # 0·x̂_0 + 1·known: no conversion after pinning
     assert not torch.allclose(x0[:, 1], known[:, 1])
+    assert d.calls == inner.calls == 1
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

