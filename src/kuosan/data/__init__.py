@@ -220,13 +220,13 @@ def load_dataset(
     _check_channels(channels)
     if shapes_mix is not None and spec != "shapes":
         raise KuosanError(f"a caption-kind mix (--shapes-mix) applies to the shapes data, not to '{spec}'")
+    if styles is not None and spec != "emoji":
+        raise KuosanError(f"emoji styles apply to the emoji data, not to '{spec}'")
     if spec == "digits":
         images, labels = load_digits(size if size is not None else DIGITS_SIZE)
         if channels == 3:
             images = images.repeat(1, 3, 1, 1)
         return _image_dataset("digits", images, labels=labels)
-    if styles is not None and spec != "emoji":
-        raise KuosanError(f"emoji styles apply to the emoji data, not to '{spec}'")
     if spec == "emoji":
         from kuosan.data.emoji import DEFAULT_STYLES, build_emoji
 

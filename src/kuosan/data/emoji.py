@@ -149,16 +149,17 @@ def _concepts(names_path: Path, singles: set[Key]) -> list[_Concept]:
             text = "".join(chr(int(p, 16)) for p in r["unified"].split("-"))
             found[key] = _Concept(key, text, name, _keywords(r["short_names"], name, None), None)
             for tone_hex, v in (r.get("skin_variations") or {}).items():
-                tone = TONES.get(int(tone_hex.split("-")[0], 16))
-                if tone is None:
-                    continue  # two-tone couples ("1F3FB-1F3FC"): not a one-tone variant
+                tones = {TONES.get(int(t, 16)) for t in tone_hex.split("-")}
+                if len(tones) != 1 or None in tones:
+                    continue  # two tones in one picture ("1F3FB-1F3FC" couples): left out
+                tone = tones.pop()
                 vkey = sequence_key(int(p, 16) for p in v["unified"].split("-"))
                 vtext = "".join(chr(int(p, 16)) for p in v["unified"].split("-"))
                 found[vkey] = _Concept(vkey, vtext, f"{name}: {tone}",
                                        _keywords(r["short_names"], name, tone), tone)
     except OSError as e:
         raise KuosanError(f"cannot read emoji names {names_path} ({e}): {NAMES_INSTALL}") from e
-    except (ValueError, KeyError, TypeError, IndexError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise KuosanError(f"malformed emoji names {names_path} ({e!r}): {NAMES_INSTALL}") from e
     for key in singles - found.keys():
         name = unicodedata.name(chr(key[0]), "").lower()
