@@ -89,7 +89,7 @@ HELD_OUT_MODULUS = 17  # single code point c is held out of style STYLES[c % 17]
 MARGIN = 0.06  # of the canvas side, on each side
 WORK_PIXELS = 256  # pictures are framed at m·size >= 256 pixels, then averaged down m×m
 REPEAT = 3  # items per picture (three captions)
-CODE_VERSION = 1  # bump when pictures or captions change for the same sources
+CODE_VERSION = 2  # bump when pictures or captions change for the same sources
 
 
 @dataclass(frozen=True)

