@@ -1,4 +1,4 @@
-"""kuosan.data.shapes: ShapesWorld renderer, caption grammar, parser and scorer (specs/shapes.md)."""
+"""kuosan.data.shapes: ShapesWorld renderer, caption grammar, parser and scorer (docs/shapes-spec.md)."""
 
 import dataclasses
 from functools import cache

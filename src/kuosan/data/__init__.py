@@ -200,7 +200,7 @@ def load_dataset(
 
     - "digits": scikit-learn's 1,797 8×8 digits, 1 channel (3 = repeated), resized to `size`
       (default 8, bilinear), with labels 0..9;
-    - "shapes": 20,000 ShapesWorld images (specs/shapes.md; RGB, `size` a multiple of 16 up to
+    - "shapes": 20,000 ShapesWorld images (docs/shapes-spec.md; RGB, `size` a multiple of 16 up to
       128, default 32) drawn with `seed`, held-out compositions excluded, captions in `.captions`;
       `shapes_mix` weighs the caption kinds (e.g. {"pair": 0.6, "single": 0.2, "count": 0.2};
       default `kuosan.data.shapes.KIND_WEIGHTS`);

@@ -1,6 +1,6 @@
 """ShapesWorld: procedurally drawn, captioned images whose content is known exactly.
 
-The palette, geometry and caption grammar are fixed by `specs/shapes.md`; trained models and
+The palette, geometry and caption grammar are fixed by `docs/shapes-spec.md`; trained models and
 scores depend on them, so they must not drift. The world, its renderer and its grammar:
 
 - `render(scene)`: draw a `Scene` (objects with shape, colour, size and centre) at 4× and reduce
@@ -33,7 +33,7 @@ from PIL import Image
 
 from kuosan.errors import KuosanError
 
-# --- the world (specs/shapes.md) -------------------------------------------------------------
+# --- the world (docs/shapes-spec.md) ---------------------------------------------------------
 
 SHAPES = ("circle", "square", "triangle", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}

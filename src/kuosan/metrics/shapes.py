@@ -91,7 +91,7 @@ def _parse_object(w: _Words) -> ObjSpec:
 
 
 def parse(caption: str) -> CaptionSpec:
-    """What `caption` states, strictly by the grammar of specs/shapes.md (raises otherwise)."""
+    """What `caption` states, strictly by the grammar of docs/shapes-spec.md (raises otherwise)."""
     if not isinstance(caption, str):
         raise KuosanError(f"a caption must be a string, got {type(caption).__name__}")
     w = _Words(caption)
