@@ -26,7 +26,9 @@ pass both models (``--model A --model B``); each row names its text encoder.
 
 ``--report PATH`` writes ``PATH.json`` (every row, with the per-caption results) and ``PATH.md``
 (the tables, the command, machine, torch version, threads and note), and per model a grid of the
-first 16 seen captions at the targets setting, ``PATH_<model>.png``, with its captions in the .md.
+first 16 seen captions at the targets setting, ``PATH_<model>.png``, with its captions in the .md;
+and appends one row (``history_figures``) to ``caption_accuracy_history.jsonl`` beside them
+(benchmarks/history.py).
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from history import nan_to_none, record
 from PIL import Image
 
 from kuosan import KuosanError, Pipeline
+from kuosan.checkpoint import weights_digest
 from kuosan.data.shapes import CaptionSpec, format_caption, is_heldout, sample_spec
 from kuosan.images import save_grid
 from kuosan.metrics.shapes import ATTRIBUTES, attribute_accuracy, score
@@ -228,15 +232,17 @@ def target_summary(label: str, pipe: Pipeline, rows: list[Row]) -> str:
     return f"- {label}: {TARGET_STEPS} steps, guidance {g:g}: {', '.join(parts)}: {target_cell(r)}"
 
 
-def nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN: NaN → null, recursively."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [nan_to_none(v) for v in obj]
-    return obj
+def history_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The history row's figures: per model and setting, % of captions satisfied by group."""
+    def pct1(v: float | None) -> float | None:
+        return None if v is None or math.isnan(v) else round(100 * v, 1)
+
+    return {"settings": [
+        {"model": r["model"], "encoder": r["encoder"], "steps": r["steps"], "guidance": r["guidance"],
+         **{f"{g}_pct": pct1(r["accuracy"][g]) for g in GROUPS},
+         "images_per_s": round(r["images_per_s"], 2),
+         **({"targets_met": all(r["targets"].values())} if r.get("is_target") else {})}
+        for r in rows]}
 
 
 def grid_setting(pipe: Pipeline, settings: list[tuple[int, float]]) -> tuple[int, float]:
@@ -345,7 +351,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "note": args.note,
         "sampler": args.sampler or ", ".join(sorted({p.default_sampler for p in pipes})) + " (the models' own)",
         "seed": args.seed,
-        "models": {label: {"path": str(path), "encoder": encoder_type(pipe),
+        "models": {label: {"path": str(path), "weights": weights_digest(pipe.path),
+                           "encoder": encoder_type(pipe),
                            "default_guidance": pipe.default_guidance, "data": pipe.info.name}
                    for label, path, pipe in zip(labels, args.model, pipes, strict=True)},
     }
@@ -393,7 +400,12 @@ def write_report(result: dict[str, Any], base: Path) -> list[Path]:
     json_path, md_path = Path(f"{base}.json"), Path(f"{base}.md")
     json_path.write_text(json.dumps(nan_to_none(payload), indent=1, allow_nan=False) + "\n")
     md_path.write_text(markdown(result, grid_files))
-    return [json_path, md_path, *grid_files.values()]
+    meta = result["meta"]
+    table = record(base, "caption_accuracy", model=", ".join(meta["models"]),
+                   weights=", ".join(m["weights"] for m in meta["models"].values()),
+                   command=meta["command"], note=meta["note"], date=meta["date"],
+                   figures=history_figures(payload["rows"]))
+    return [json_path, md_path, *grid_files.values(), table]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ steps / training seconds: the peer times its loop; for kuosan the training secon
 time, else the wall clock of the whole ``kuosan train`` process (start-up and checkpointing
 included); the report says which (``steps_per_s_basis``). Sampling time is reported apart
 and is not part of the M minutes. The report goes to ``--report PATH`` as ``PATH.json`` and
-``PATH.md``.
+``PATH.md`` (the latest run), and one row (``history_figures``) is appended to
+``digits_fid_history.jsonl`` beside them (benchmarks/history.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from history import git_commit, record
 
 from kuosan.errors import KuosanError
 from kuosan.metrics.digits import MEMORISATION_THRESHOLD, DigitsEvaluator, load_png_folder
@@ -368,34 +370,34 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def history_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The history row's figures: per system, steps, speed and the domain FID against its floor."""
+    out = {}
+    for row in rows:
+        m = row.get("metrics")
+        if m is None:
+            out[row["system"]] = {"error": row.get("error", "?").splitlines()[0]}
+            continue
+        out[row["system"]] = {
+            "minutes": row.get("minutes"), "steps": row.get("steps"),
+            "steps_per_s": None if row.get("steps_per_s") is None else round(row["steps_per_s"], 2),
+            "fid": round(m["fid"], 4), "fid_floor": round(m["fid_floor"], 4),
+            "fid_excess": round(m["fid_excess"], 4), "kid": round(m["kid"], 4),
+            "min_class_share": round(m["min_class_share"], 3),
+            "memorised_fraction": round(m["memorised_fraction"], 3),
+            "sampler": describe_sampler(row) if "sample_seconds" in row else None}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = args.workdir or ROOT / "runs" / "digits_fid" / stamp
     workdir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": shlex.join(["python3", "benchmarks/digits_fid.py", *argv]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "threads": args.threads,
         "torch": torch.__version__,
@@ -423,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         json_path, md_path = Path(f"{base}.json"), Path(f"{base}.md")
         json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         md_path.write_text(f"# Digits benchmark, {args.minutes:g} min per system\n\n{table}")
-        print(f"wrote {json_path} and {md_path}")
+        history = record(base, "digits_fid", model=f"digits, {args.minutes:g} min: "
+                         + ", ".join(row["system"] for row in rows), command=meta["command"],
+                         note=meta["note"], date=meta["date"], figures=history_figures(rows))
+        print(f"wrote {json_path} and {md_path}; appended a row to {history}")
     return 1 if any("error" in row for row in rows) else 0
 
 

@@ -29,6 +29,10 @@ the 4, pixels in [0, 1]) and distance to the source.
 
     OMP_NUM_THREADS=2 python3 benchmarks/editing.py --model shapes-32 --threads 2 \\
         --report benchmarks/results/editing
+
+``--report PATH`` writes ``PATH.json``, ``PATH.md`` and ``PATH_<task>.png`` (the latest run) and
+appends one row (``history_figures``) to ``editing_history.jsonl`` beside them
+(benchmarks/history.py).
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from history import record
 from PIL import Image
 
 from kuosan import KuosanError, Pipeline
+from kuosan.checkpoint import weights_digest
 from kuosan.data.shapes import (
     COLOURS,
     HELDOUT,
@@ -253,7 +259,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "command": shlex.join(["python3", "benchmarks/editing.py", *argv]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "device": str(pipe.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "model": str(args.model), "steps": args.steps,
+            "model": str(args.model), "weights": weights_digest(pipe.path), "steps": args.steps,
             "guidance": pipe.default_guidance if args.guidance is None else args.guidance,
             "margin": args.margin, "seed": args.seed, "note": args.note}
     return {"meta": meta, "rows": rows, "vary": vary_rows, "examples": examples}
@@ -303,6 +309,19 @@ def example_picture(rows: list, path: Path) -> Path:
     return path
 
 
+def history_figures(payload: dict[str, Any]) -> dict[str, Any]:
+    """The history row's figures: success % per task and sampler, the variations' figures."""
+    meta = payload["meta"]
+    return {"steps": meta["steps"], "guidance": meta["guidance"],
+            "tasks": [{"task": r["task"], "sampler": r["sampler"], "resample": r["resample"],
+                       "n": r["n"], "success_pct": round(100 * r["success"], 1),
+                       "intact_pct": round(100 * r["intact"], 1),
+                       "s_per_image": round(r["seconds_per_image"], 2)} for r in payload["rows"]],
+            "vary": [{"strength": r["strength"], "faithful_pct": round(100 * r["faithfulness"], 1),
+                      "diversity": round(r["diversity"], 3), "distance": round(r["distance"], 3)}
+                     for r in payload["vary"]]}
+
+
 def write_report(result: dict[str, Any], base: Path) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     pictures = {name: example_picture(rows, Path(f"{base}_{name}.png")).name
@@ -310,7 +329,12 @@ def write_report(result: dict[str, Any], base: Path) -> list[Path]:
     payload = {k: v for k, v in result.items() if k != "examples"}
     Path(f"{base}.json").write_text(json.dumps(payload, indent=1) + "\n")
     Path(f"{base}.md").write_text(markdown(result, pictures))
-    return [Path(f"{base}.json"), Path(f"{base}.md"), *(base.parent / p for p in pictures.values())]
+    meta = payload["meta"]
+    table = record(base, "editing", model=meta["model"], weights=meta["weights"],
+                   command=meta["command"], note=meta["note"], date=meta["date"],
+                   figures=history_figures(payload))
+    return [Path(f"{base}.json"), Path(f"{base}.md"), *(base.parent / p for p in pictures.values()),
+            table]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -29,7 +29,11 @@ model evaluations (NFE). Reported for each run:
 The peer's model is evaluated at the σ each scheduler assigns to the step (its own ``sigmas``,
 or ᾱ at its integer timestep), so diffusers' interpolation conventions never count against it.
 
-    OMP_NUM_THREADS=1 python3 benchmarks/samplers.py --threads 1
+    OMP_NUM_THREADS=1 python3 benchmarks/samplers.py --threads 1 --report benchmarks/results/samplers
+
+``--report PATH`` writes ``PATH.json`` (every row) and ``PATH.md`` (the tables; the latest run) and
+appends one row (``history_figures``) to ``samplers_history.jsonl`` beside them
+(benchmarks/history.py).
 
 diffusers is an optional benchmark dependency: ``pip install diffusers`` (the ``bench`` extra).
 """
@@ -37,8 +41,13 @@ diffusers is an optional benchmark dependency: ``pip install diffusers`` (the ``
 from __future__ import annotations
 
 import argparse
-import csv
+import datetime as dt
+import json
 import math
+import os
+import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -46,6 +55,7 @@ from pathlib import Path
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from history import nan_to_none, record
 from torch import Tensor
 
 from kuosan import samplers as S
@@ -296,19 +306,21 @@ def fmt(v: float, se: float | None = None, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if se is None else f"{v:.{digits}f}±{se:.{digits}f}"
 
 
-def print_tables(rows: list[Row], nfes: tuple[int, ...]) -> None:
+def tables(rows: list[Row], nfes: tuple[int, ...]) -> str:
+    """Per mixture: the floors, then one markdown table per metric (NFE used in brackets)."""
+    lines = []
     for mixture in dict.fromkeys(r.mixture for r in rows):
         mrows = [r for r in rows if r.mixture == mixture]
-        print(f"\n### {mixture}\n")
+        lines += ["", f"### {mixture}", ""]
         for r in (r for r in mrows if r.family == "floor"):
             kl = (f"{r.kl:.2e}±{r.kl_se:.1e}" if r.sampler.startswith("start")
                   else fmt(r.kl, r.kl_se))
-            print(f"floor — {r.sampler}: kl {kl}, nll_gap {fmt(r.nll_gap)}, "
-                  f"sw {fmt(r.sw)}, nfe {r.nfe}")
+            lines.append(f"floor — {r.sampler}: kl {kl}, nll_gap {fmt(r.nll_gap)}, "
+                         f"sw {fmt(r.sw)}, nfe {r.nfe}")
         for metric in ("kl", "nll_gap", "sw"):
-            print(f"\n{metric} (nfe used)\n")
-            print("| family | sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
-            print("|---|---|" + "---|" * len(nfes))
+            lines += ["", f"{metric} (nfe used)", "",
+                      "| family | sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+                      "|---|---|" + "---|" * len(nfes)]
             labels = dict.fromkeys((r.family, r.sampler) for r in mrows if r.family != "floor")
             for family, label in labels:
                 cells = []
@@ -319,7 +331,8 @@ def print_tables(rows: list[Row], nfes: tuple[int, ...]) -> None:
                         continue
                     r = match[0]
                     cells.append(f"{fmt(getattr(r, metric))} ({r.nfe})")
-                print(f"| {family} | {label} | " + " | ".join(cells) + " |")
+                lines.append(f"| {family} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _best(rows: list[Row], mixture: str, family: str, budget: int) -> Row | None:
@@ -328,11 +341,12 @@ def _best(rows: list[Row], mixture: str, family: str, budget: int) -> Row | None
     return min(cands, key=lambda r: r.kl) if cands else None
 
 
-def check_targets(rows: list[Row]) -> bool:
-    """At 10 and 20 NFE: our best deterministic KL < diffusers' best; at 20, at most half."""
+def check_targets(rows: list[Row]) -> tuple[bool, str]:
+    """At 10 and 20 NFE: our best deterministic KL < diffusers' best; at 20, at most half.
+    Returns (all met, the lines that say so)."""
     ok = True
-    print("\n### targets (KL, best deterministic sampler within the budget; 'excess' is the KL"
-          " above the exact ODE's floor, shown for information, not part of the target)\n")
+    lines = ["", ("### targets (KL, best deterministic sampler within the budget; 'excess' is the KL"
+             " above the exact ODE's floor, shown for information, not part of the target)"), ""]
     for mixture in dict.fromkeys(r.mixture for r in rows):
         for budget in (10, 20):
             a, b = (_best(rows, mixture, family, budget) for family in ("kuosan", "diffusers"))
@@ -345,13 +359,29 @@ def check_targets(rows: list[Row]) -> bool:
             floor = min(r.kl for r in rows if r.mixture == mixture and r.family == "floor"
                         and r.nfe > 0 and "from exact" not in r.sampler)  # the lower last step
             excess = (a.kl - floor) / (b.kl - floor)
-            print(f"{mixture} NFE {budget}: kuosan {a.sampler} {a.kl:.4f} vs diffusers {b.sampler} "
-                  f"{b.kl:.4f}: ratio {ratio:.2f} (target {'≤' if budget == 20 else '<'} {target}) "
-                  f"{'PASS' if passed else 'FAIL'}; excess-over-floor ratio {excess:.2f}")
-    return ok
+            lines.append(f"{mixture} NFE {budget}: kuosan {a.sampler} {a.kl:.4f} vs diffusers "
+                         f"{b.sampler} {b.kl:.4f}: ratio {ratio:.2f} (target "
+                         f"{'≤' if budget == 20 else '<'} {target}) {'PASS' if passed else 'FAIL'}; "
+                         f"excess-over-floor ratio {excess:.2f}")
+    return ok, "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def history_figures(rows: list[Row], nfes: tuple[int, ...], targets_met: bool | None) -> dict:
+    """The history row's figures: per mixture and NFE budget, each family's best KL (nats) and
+    the sampler that gave it; whether the targets were met (None: no peer)."""
+    best: dict[str, dict[str, dict[str, list]]] = {}
+    for mixture in dict.fromkeys(r.mixture for r in rows):
+        for family in ("kuosan", "diffusers"):
+            for n in nfes:
+                r = _best(rows, mixture, family, n)
+                if r is not None:
+                    best.setdefault(mixture, {}).setdefault(family, {})[str(n)] = [
+                        r.sampler, float(f"{r.kl:.4g}")]
+    return {"best_kl": best, "targets_met": targets_met}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n", type=int, default=1000, help="points per mixture (2-D)")
@@ -360,8 +390,10 @@ def main() -> None:
     parser.add_argument("--mixtures", nargs="+", default=list(MIXTURES), choices=list(MIXTURES))
     parser.add_argument("--floor-steps", type=int, default=200)
     parser.add_argument("--no-diffusers", action="store_true", help="skip the peer")
-    parser.add_argument("--csv", type=Path, default=None, help="append every row to this CSV")
-    args = parser.parse_args()
+    parser.add_argument("--note", default="", help="free text recorded in the report")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write PATH.json (every row) and PATH.md; append to the history")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     schedule = NoiseSchedule.linear(1000)
     peer_ok = not args.no_diffusers
@@ -391,18 +423,31 @@ def main() -> None:
                 rows.append(evaluate(mix, schedule, family, label, budget, det, run, x_T, exact,
                                      entropy, directions))
         print(f"[{mix.name}: done after {time.perf_counter() - total:.0f} s]", flush=True)
-    print_tables(rows, tuple(args.nfe))
+    report = tables(rows, tuple(args.nfe))
+    targets_met = None
     if peer_ok:
-        check_targets(rows)
-    print(f"\ntotal {time.perf_counter() - total:.0f} s, torch {torch.__version__}, "
-          f"threads {args.threads}")
-    if args.csv:
-        new = not args.csv.exists()
-        with args.csv.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-            if new:
-                writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
+        targets_met, lines = check_targets(rows)
+        report += lines
+    report += (f"\ntotal {time.perf_counter() - total:.0f} s, torch {torch.__version__}, "
+               f"threads {args.threads}\n")
+    print(report)
+    if args.report is not None:
+        base = args.report.with_suffix("") if args.report.suffix in {".json", ".md"} else args.report
+        meta = {"date": dt.datetime.now().isoformat(timespec="seconds"),
+                "command": shlex.join(["python3", "benchmarks/samplers.py", *argv]),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "torch": torch.__version__, "threads": args.threads, "note": args.note}
+        base.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{base}.json").write_text(json.dumps(nan_to_none(
+            {"meta": meta, "rows": [asdict(r) for r in rows]}), indent=1, allow_nan=False) + "\n")
+        Path(f"{base}.md").write_text(f"# Samplers on exact Gaussian mixtures\n\n- command: "
+                                      f"`{meta['command']}`\n- {meta['date']}, {meta['machine']}, "
+                                      f"torch {meta['torch']}, {meta['threads']} thread(s)\n"
+                                      f"- note: {meta['note'] or '—'}\n{report}")
+        table = record(base, "samplers", model="exact Gaussian mixtures: " + ", ".join(args.mixtures),
+                       command=meta["command"], note=meta["note"], date=meta["date"],
+                       figures=history_figures(rows, tuple(args.nfe), targets_met))
+        print(f"wrote {base}.json, {base}.md; appended a row to {table}")
 
 
 if __name__ == "__main__":

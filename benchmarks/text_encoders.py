@@ -1,19 +1,30 @@
 """Encode time per caption of the text encoders on ShapesWorld captions (CPU, forward only).
 
-    OMP_NUM_THREADS=1 python3 benchmarks/text_encoders.py --threads 1 [--cache]
+    OMP_NUM_THREADS=1 python3 benchmarks/text_encoders.py --threads 1 [--cache] \
+        [--report benchmarks/results/text_encoders]
 
 Protocol: 2,000 captions from `make_shapes_dataset(2000, seed=0)`; each encoder encodes the first
 1 and the first 64 captions once untimed, then three timed times under `torch.no_grad()`; the best
 of three is reported per caption. `--cache` also times two passes of a `CachedEncoder(MiniLM)`
-over all 2,000 captions in batches of 64. MiniLM needs the `text` extra.
+over all 2,000 captions in batches of 64. `--report PATH` writes
+PATH.json and PATH.md (the latest run) and appends one row to `text_encoders_history.jsonl` beside
+them (benchmarks/history.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import torch
+from history import record
 
 from kuosan.data.shapes import make_shapes_dataset
 from kuosan.models.text import (
@@ -37,26 +48,39 @@ def best_seconds(encoder: TextEncoder, captions: list[str], repeats: int = 3) ->
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", action="store_true", help="also time a cached MiniLM over all captions")
-    args = p.parse_args()
+    p.add_argument("--note", default="", help="free text recorded in the report")
+    p.add_argument("--report", type=Path, default=None,
+                   help="write PATH.json and PATH.md; append to the history")
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     _, captions = make_shapes_dataset(2000, size=32, seed=0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {len(set(captions))} distinct "
-          f"of 2000 captions, at most {max(map(len, captions))} characters")
+    printed: list[str] = []
+
+    def say(line: str) -> None:  # print, and keep the line for the report
+        printed.append(line)
+        print(line)
+
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {len(set(captions))} "
+        f"distinct of 2000 captions, at most {max(map(len, captions))} characters")
     encoders = {
         "minilm": MiniLMEncoder(),
         "small transformer, char tokenizer, dim 256, depth 4": SmallTransformerEncoder(CharTokenizer()).eval(),
         "small transformer, word tokenizer, dim 256, depth 4":
             SmallTransformerEncoder(WordTokenizer.fit(captions)).eval(),
     }
-    print(f"{'encoder':54s} {'batch 1':>14s} {'batch 64':>14s} {'L@64':>5s}")
+    figures: dict[str, dict[str, float]] = {}
+    say(f"{'encoder':54s} {'batch 1':>14s} {'batch 64':>14s} {'L@64':>5s}")
     for name, encoder in encoders.items():
         per = [1000 * best_seconds(encoder, captions[:b]) / b for b in (1, 64)]
         length = encoder.encode(captions[:64]).tokens.shape[1]
-        print(f"{name:54s} {per[0]:9.1f} ms/c {per[1]:9.1f} ms/c {length:5d}")
+        figures[name] = {"ms_per_caption_batch1": round(per[0], 2),
+                         "ms_per_caption_batch64": round(per[1], 2), "tokens_at_64": length}
+        say(f"{name:54s} {per[0]:9.1f} ms/c {per[1]:9.1f} ms/c {length:5d}")
     if args.cache:
         cached = CachedEncoder(MiniLMEncoder())
         passes = []
@@ -65,8 +89,26 @@ def main() -> None:
             for i in range(0, len(captions), 64):
                 cached.encode(captions[i:i + 64])
             passes.append(time.perf_counter() - start)
-        print(f"cached MiniLM over 2000 captions: first pass {passes[0]:.2f} s ({cached.misses} misses), "
-              f"second pass {passes[1]:.3f} s")
+        figures["cached minilm, 2000 captions"] = {"first_pass_s": round(passes[0], 2),
+                                                   "second_pass_s": round(passes[1], 3)}
+        say(f"cached MiniLM over 2000 captions: first pass {passes[0]:.2f} s ({cached.misses} "
+            f"misses), second pass {passes[1]:.3f} s")
+    if args.report is not None:
+        base = args.report.with_suffix("") if args.report.suffix in {".json", ".md"} else args.report
+        meta = {"date": dt.datetime.now().isoformat(timespec="seconds"),
+                "command": shlex.join(["python3", "benchmarks/text_encoders.py", *argv]),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "torch": torch.__version__, "threads": args.threads, "note": args.note}
+        base.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{base}.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=1)
+                                        + "\n")
+        Path(f"{base}.md").write_text(f"# Text encoders: encode time per caption\n\n- command: "
+                                      f"`{meta['command']}`\n- {meta['date']}, {meta['machine']}\n"
+                                      f"- note: {args.note or '—'}\n\n```\n"
+                                      + "\n".join(printed) + "\n```\n")
+        table = record(base, "text_encoders", model=", ".join(figures), command=meta["command"],
+                       note=args.note, date=meta["date"], figures=figures)
+        print(f"wrote {base}.json, {base}.md; appended a row to {table}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ element-wise work is not counted); the matmul peak is the median of large fp32 `
 measured in the same run.
 
     OMP_NUM_THREADS=1 python3 benchmarks/train_speed.py --threads 1 --batch-size 32 \\
-        --note "quiet machine"
+        --note "quiet machine" --report benchmarks/results/train_speed
+
+``--report PATH`` writes ``PATH.json`` (every row) and ``PATH.md`` (the printed table; the latest
+run) and appends one row (``history_figures``) to ``train_speed_history.jsonl`` beside them
+(benchmarks/history.py).
 
 diffusers is an optional benchmark dependency: `pip install diffusers` (the `bench` extra).
 """
@@ -18,11 +22,12 @@ diffusers is an optional benchmark dependency: `pip install diffusers` (the `ben
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
+import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from history import record
 from torch import Tensor, nn
 from torch.utils.flop_counter import (
     FlopCounterMode,
@@ -149,7 +155,21 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def main() -> None:
+def history_figures(rows: list[dict], batch_size: int, peak: float) -> dict:
+    """The history row's figures: per case, our ms per step relative to diffusers' (train,
+    sample; below 1: faster), our share of the matmul peak, and the parameter counts."""
+    ours = [r for r in rows if r["model"] == "kuosan"]
+    return {"batch_size": batch_size, "peak_gflops": round(peak, 1),
+            "cases": {r["case"]: {"params": r["params"],
+                                  "train_ratio": round(r["train_ratio"], 3),
+                                  "sample_ratio": round(r["sample_ratio"], 3),
+                                  "train_peak_pct": round(100 * r["train_peak"], 1),
+                                  "sample_peak_pct": round(100 * r["sample_peak"], 1)}
+                      for r in ours}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="m32,xs8", help=f"comma-separated, from {sorted(CASES)}")
     p.add_argument("--batch-size", type=int, default=32)
@@ -162,8 +182,9 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true", help="both models and inputs")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n×n matmul peak")
     p.add_argument("--note", default="(none given)", help="what else was running")
-    p.add_argument("--csv", type=Path, help="append one row per case to this CSV file")
-    args = p.parse_args()
+    p.add_argument("--report", type=Path, default=None,
+                   help="write PATH.json (every row) and PATH.md; append to the history")
+    args = p.parse_args(argv)
 
     try:
         import diffusers
@@ -182,23 +203,29 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = args.tf32
     peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak = matmul_peak_gflops(args.peak_size, 5, device, sync, peak_dtype)
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, python "
-          f"{platform.python_version()}, device {device}, threads {torch.get_num_threads()} "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-          f"batch {args.batch_size}, channels_last {args.channels_last}, bf16 {args.bf16}, "
-          f"tf32 {args.tf32}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cores {os.cpu_count()}; "
-          f"{'bf16' if args.bf16 else 'fp32'} matmul peak ({args.peak_size}² torch.mm): "
-          f"{peak:.1f} GFLOP/s"
-          + (f"; GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
-    print(f"note: {args.note}")
-    print(f"protocol: {args.warmup} warm-up rounds, median of {args.repeats} alternating rounds")
+    printed: list[str] = []
+
+    def say(line: str) -> None:  # print, and keep the line for the report
+        printed.append(line)
+        print(line)
+
+    say(f"torch {torch.__version__}, diffusers {diffusers.__version__}, python "
+        f"{platform.python_version()}, device {device}, threads {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+        f"batch {args.batch_size}, channels_last {args.channels_last}, bf16 {args.bf16}, "
+        f"tf32 {args.tf32}")
+    say(f"machine: {platform.machine()} {platform.processor() or ''} cores {os.cpu_count()}; "
+        f"{'bf16' if args.bf16 else 'fp32'} matmul peak ({args.peak_size}² torch.mm): "
+        f"{peak:.1f} GFLOP/s"
+        + (f"; GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
+    say(f"note: {args.note}")
+    say(f"protocol: {args.warmup} warm-up rounds, median of {args.repeats} alternating rounds")
 
     header = (f"{'case':5} {'model':9} {'params':>8} {'train ms':>9} {'sample ms':>9} "
               f"{'train x':>7} {'sample x':>8} {'train GF/s':>10} {'samp GF/s':>9} "
               f"{'train %pk':>9} {'samp %pk':>8}")
-    print(header)
-    print("-" * len(header))
+    say(header)
+    say("-" * len(header))
     rows = []
     for case in args.cases.split(","):
         preset, channels, size = CASES[case]
@@ -236,29 +263,35 @@ def main() -> None:
                 "train_peak": gfs["train"] / peak, "sample_peak": gfs["sample"] / peak,
             }
             rows.append(row)
-            print(f"{case:5} {name:9} {row['params'] / 1e6:7.2f}M {row['train_ms']:9.1f} "
-                  f"{row['sample_ms']:9.1f} {row['train_ratio']:7.2f} {row['sample_ratio']:8.2f} "
-                  f"{row['train_gflops']:10.1f} {row['sample_gflops']:9.1f} "
-                  f"{100 * row['train_peak']:8.1f}% {100 * row['sample_peak']:7.1f}%")
-        print(f"{'':5} FLOPs per step (kuosan / diffusers): train "
-              f"{flops['kuosan']['train'] / 1e9:.2f} / {flops['diffusers']['train'] / 1e9:.2f} G, "
-              f"sample {flops['kuosan']['sample'] / 1e9:.2f} / "
-              f"{flops['diffusers']['sample'] / 1e9:.2f} G")
-    print("x = ms per step relative to diffusers (below 1: kuosan is faster)")
+            say(f"{case:5} {name:9} {row['params'] / 1e6:7.2f}M {row['train_ms']:9.1f} "
+                f"{row['sample_ms']:9.1f} {row['train_ratio']:7.2f} {row['sample_ratio']:8.2f} "
+                f"{row['train_gflops']:10.1f} {row['sample_gflops']:9.1f} "
+                f"{100 * row['train_peak']:8.1f}% {100 * row['sample_peak']:7.1f}%")
+        say(f"{'':5} FLOPs per step (kuosan / diffusers): train "
+            f"{flops['kuosan']['train'] / 1e9:.2f} / {flops['diffusers']['train'] / 1e9:.2f} G, "
+            f"sample {flops['kuosan']['sample'] / 1e9:.2f} / "
+            f"{flops['diffusers']['sample'] / 1e9:.2f} G")
+    say("x = ms per step relative to diffusers (below 1: kuosan is faster)")
 
-    if args.csv:
-        new = not args.csv.exists()
-        with args.csv.open("a", newline="") as f:
-            extra = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                     "torch": torch.__version__, "device": device, "threads": args.threads,
-                     "batch_size": args.batch_size, "channels_last": args.channels_last,
-                     "bf16": args.bf16, "tf32": args.tf32,
-                     "peak_gflops": peak, "note": args.note}
-            writer = csv.DictWriter(f, fieldnames=[*extra, *rows[0]])
-            if new:
-                writer.writeheader()
-            for row in rows:
-                writer.writerow({**extra, **row})
+    if args.report is not None:
+        base = args.report.with_suffix("") if args.report.suffix in {".json", ".md"} else args.report
+        meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "command": shlex.join(["python3", "benchmarks/train_speed.py", *argv]),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+                "diffusers": diffusers.__version__, "device": device, "threads": args.threads,
+                "batch_size": args.batch_size, "channels_last": args.channels_last,
+                "bf16": args.bf16, "tf32": args.tf32, "peak_gflops": peak, "note": args.note}
+        base.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{base}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        Path(f"{base}.md").write_text("# UNet step speed against diffusers' UNet2DModel\n\n"
+                                      f"- command: `{meta['command']}`\n- {meta['date']}, "
+                                      f"{meta['machine']}, torch {meta['torch']}, diffusers "
+                                      f"{meta['diffusers']}\n\n```\n" + "\n".join(printed)
+                                      + "\n```\n")
+        table = record(base, "train_speed", model="UNet cases: " + args.cases,
+                       command=meta["command"], note=args.note, date=meta["date"],
+                       figures=history_figures(rows, args.batch_size, peak))
+        print(f"wrote {base}.json, {base}.md; appended a row to {table}")
 
 
 if __name__ == "__main__":
