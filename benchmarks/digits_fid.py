@@ -372,6 +372,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def history_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The history row's figures: per system, steps, speed and the domain FID against its floor."""
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
     out = {}
     for row in rows:
         m = row.get("metrics")
@@ -380,12 +383,13 @@ def history_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         out[row["system"]] = {
             "minutes": row.get("minutes"), "steps": row.get("steps"),
-            "steps_per_s": None if row.get("steps_per_s") is None else round(row["steps_per_s"], 2),
-            "fid": round(m["fid"], 4), "fid_floor": round(m["fid_floor"], 4),
-            "fid_excess": round(m["fid_excess"], 4), "kid": round(m["kid"], 4),
-            "min_class_share": round(m["min_class_share"], 3),
-            "memorised_fraction": round(m["memorised_fraction"], 3),
-            "sampler": describe_sampler(row) if "sample_seconds" in row else None}
+            "steps_per_s": rounded(row.get("steps_per_s"), 2),
+            "fid": rounded(m["fid"], 4), "fid_floor": rounded(m["fid_floor"], 4),
+            "fid_excess": rounded(m["fid_excess"], 4), "kid": rounded(m["kid"], 4),
+            "min_class_share": rounded(m["min_class_share"], 3),
+            "memorised_fraction": rounded(m["memorised_fraction"], 3),
+            "sampler": (row["sample_args"] or "default") if "sample_args" in row
+            else describe_sampler(row) if "peer" in row else None}
     return out
 
 
@@ -414,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_kuosan(args, workdir))
     if not args.skip_peer:
         rows.append(run_peer(args, workdir))
+    systems = ", ".join(row["system"] for row in rows)  # before score() adds the real digits
     meta.update(score(rows, args.eval_seed))
     table = markdown(rows, meta)
     print("\n" + table)
@@ -425,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         json_path, md_path = Path(f"{base}.json"), Path(f"{base}.md")
         json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
         md_path.write_text(f"# Digits benchmark, {args.minutes:g} min per system\n\n{table}")
-        history = record(base, "digits_fid", model=f"digits, {args.minutes:g} min: "
-                         + ", ".join(row["system"] for row in rows), command=meta["command"],
+        history = record(base, "digits_fid", model=f"digits, {args.minutes:g} min: {systems}",
+                         command=meta["command"],
                          note=meta["note"], date=meta["date"], figures=history_figures(rows))
         print(f"wrote {json_path} and {md_path}; appended a row to {history}")
     return 1 if any("error" in row for row in rows) else 0

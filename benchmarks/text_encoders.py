@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                                       f"`{meta['command']}`\n- {meta['date']}, {meta['machine']}\n"
                                       f"- note: {args.note or '—'}\n\n```\n"
                                       + "\n".join(printed) + "\n```\n")
-        table = record(base, "text_encoders", model=", ".join(figures), command=meta["command"],
+        table = record(base, "text_encoders", model="; ".join(figures), command=meta["command"],
                        note=args.note, date=meta["date"], figures=figures)
         print(f"wrote {base}.json, {base}.md; appended a row to {table}")
 

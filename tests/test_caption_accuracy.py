@@ -90,6 +90,15 @@ def test_report_structure_and_counts(bench, text_model, tmp_path, capsys):
     assert data["grids"]["tiny-t2i"] == {"file": "capacc_tiny-t2i.png", "steps": 2, "guidance": 2.0}
     for i, c in enumerate(captions):
         assert f"{i + 1}. {c['text']}" in md
+    # one row appended to the history table beside the report, its figures from the report
+    history = (tmp_path / "out" / "caption_accuracy_history.jsonl").read_text().splitlines()
+    assert len(history) == 1
+    row = json.loads(history[0])
+    assert row["model"] == "tiny-t2i" and row["command"] == meta["command"]
+    assert row["weights"] == meta["models"]["tiny-t2i"]["weights"] and row["date"] == meta["date"]
+    assert row["figures"] == bench.history_figures(rows)
+    assert [s["all_pct"] for s in row["figures"]["settings"]] == [
+        round(100 * r["accuracy"]["all"], 1) for r in rows]
 
 
 def test_targets_setting_is_added_at_20_steps(bench):
