@@ -2,7 +2,7 @@
 kind (pair, single, count) each model satisfies, and where pair images fail.
 
 Smaller and faster than ``caption_accuracy.py`` (208 captions, one setting, a few minutes on 2
-CPU threads), for deciding between checkpoints during development; the README's figures come from
+CPU threads), for deciding between checkpoints during development; docs/results.md's figures come from
 ``caption_accuracy.py``. Captions are drawn with ``default_rng(seed)`` (pair, then single, then
 count captions, training distribution); caption j of a kind is generated in batches of 32 seeded
 ``1000 + start of its batch`` (``Pipeline.generate(..., seed=...)``), the same for every model.
