@@ -20,10 +20,14 @@ import datetime as dt
 import json
 import math
 import os
+import platform
+import shlex
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from kuosan.errors import KuosanError
 
@@ -115,3 +119,30 @@ def record(report: Path, benchmark: str, *, model: str, command: str, figures: d
                       "date": date or dt.datetime.now().isoformat(timespec="seconds"),
                       "command": command, "note": note, "figures": figures})
     return path
+
+
+def run_meta(script: str, argv: list[str], note: str = "", **extra: Any) -> dict[str, Any]:
+    """What a report says about its run: date, command, machine, torch, threads, note, extras."""
+    return {"date": dt.datetime.now().isoformat(timespec="seconds"),
+            "command": shlex.join(["python3", f"benchmarks/{script}", *argv]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "note": note, **extra}
+
+
+def write_report(report: Path, benchmark: str, *, title: str, meta: dict[str, Any],
+                 data: dict[str, Any], body: str, model: str, figures: dict[str, Any],
+                 weights: str | None = None) -> list[Path]:
+    """Write ``report``.json (``meta`` and ``data``) and ``report``.md (``title``, the run's
+    meta, then ``body``), replacing the last run's, and append this run's row to the history."""
+    base = Path(report)
+    base = base.with_suffix("") if base.suffix in {".json", ".md"} else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = Path(f"{base}.json"), Path(f"{base}.md")
+    json_path.write_text(json.dumps(nan_to_none({"meta": meta, **data}), indent=1,
+                                    allow_nan=False) + "\n")
+    md_path.write_text(f"# {title}\n\n- command: `{meta['command']}`\n- {meta['date']}, "
+                       f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} thread(s)\n"
+                       f"- note: {meta['note'] or '—'}\n\n{body}")
+    table = record(base, benchmark, model=model, weights=weights, command=meta["command"],
+                   note=meta["note"], date=meta["date"], figures=figures)
+    return [json_path, md_path, table]

@@ -41,12 +41,7 @@ diffusers is an optional benchmark dependency: ``pip install diffusers`` (the ``
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -55,7 +50,7 @@ from pathlib import Path
 
 import torch
 import torch.autograd.forward_ad as fwAD
-from history import nan_to_none, record
+from history import run_meta, write_report
 from torch import Tensor
 
 from kuosan import samplers as S
@@ -432,23 +427,12 @@ def main(argv: list[str] | None = None) -> None:
                f"threads {args.threads}\n")
     print(report)
     if args.report is not None:
-        base = args.report.with_suffix("") if args.report.suffix in {".json", ".md"} else args.report
-        meta = {"date": dt.datetime.now().isoformat(timespec="seconds"),
-                "command": shlex.join(["python3", "benchmarks/samplers.py", *argv]),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "torch": torch.__version__, "threads": args.threads, "note": args.note}
-        base.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{base}.json").write_text(json.dumps(nan_to_none(
-            {"meta": meta, "rows": [asdict(r) for r in rows]}), indent=1, allow_nan=False) + "\n")
-        Path(f"{base}.md").write_text(f"# Samplers on exact Gaussian mixtures\n\n- command: "
-                                      f"`{meta['command']}`\n- {meta['date']}, {meta['machine']}, "
-                                      f"torch {meta['torch']}, {meta['threads']} thread(s)\n"
-                                      f"- note: {meta['note'] or '—'}\n{report}")
-        table = record(base, "samplers", model="exact Gaussian mixtures: " + ", ".join(args.mixtures),
-                       command=meta["command"], note=meta["note"], date=meta["date"],
-                       figures=history_figures(rows, tuple(args.nfe), targets_met))
-        print(f"wrote {base}.json, {base}.md; appended a row to {table}")
-
+        meta = run_meta("samplers.py", argv, args.note)
+        written = write_report(args.report, "samplers", title="Samplers on exact Gaussian mixtures",
+                               meta=meta, data={"rows": [asdict(r) for r in rows]}, body=report,
+                               model="exact Gaussian mixtures: " + ", ".join(args.mixtures),
+                               figures=history_figures(rows, tuple(args.nfe), targets_met))
+        print("wrote " + ", ".join(map(str, written)))
 
 if __name__ == "__main__":
     main()

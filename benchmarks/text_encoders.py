@@ -14,17 +14,12 @@ them (benchmarks/history.py).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
-from history import record
+from history import run_meta, write_report
 
 from kuosan.data.shapes import make_shapes_dataset
 from kuosan.models.text import (
@@ -94,22 +89,12 @@ def main(argv: list[str] | None = None) -> None:
         say(f"cached MiniLM over 2000 captions: first pass {passes[0]:.2f} s ({cached.misses} "
             f"misses), second pass {passes[1]:.3f} s")
     if args.report is not None:
-        base = args.report.with_suffix("") if args.report.suffix in {".json", ".md"} else args.report
-        meta = {"date": dt.datetime.now().isoformat(timespec="seconds"),
-                "command": shlex.join(["python3", "benchmarks/text_encoders.py", *argv]),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "torch": torch.__version__, "threads": args.threads, "note": args.note}
-        base.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{base}.json").write_text(json.dumps({"meta": meta, "figures": figures}, indent=1)
-                                        + "\n")
-        Path(f"{base}.md").write_text(f"# Text encoders: encode time per caption\n\n- command: "
-                                      f"`{meta['command']}`\n- {meta['date']}, {meta['machine']}\n"
-                                      f"- note: {args.note or '—'}\n\n```\n"
-                                      + "\n".join(printed) + "\n```\n")
-        table = record(base, "text_encoders", model="; ".join(figures), command=meta["command"],
-                       note=args.note, date=meta["date"], figures=figures)
-        print(f"wrote {base}.json, {base}.md; appended a row to {table}")
-
+        written = write_report(args.report, "text_encoders",
+                               title="Text encoders: encode time per caption",
+                               meta=run_meta("text_encoders.py", argv, args.note),
+                               data={"figures": figures}, body="```\n" + "\n".join(printed) + "\n```\n",
+                               model="; ".join(figures), figures=figures)
+        print("wrote " + ", ".join(map(str, written)))
 
 if __name__ == "__main__":
     main()

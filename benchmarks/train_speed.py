@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -36,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from history import record
+from history import run_meta, write_report
 from torch import Tensor, nn
 from torch.utils.flop_counter import (
     FlopCounterMode,
@@ -274,25 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     say("x = ms per step relative to diffusers (below 1: kuosan is faster)")
 
     if args.report is not None:
-        base = args.report.with_suffix("") if args.report.suffix in {".json", ".md"} else args.report
-        meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "command": shlex.join(["python3", "benchmarks/train_speed.py", *argv]),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-                "diffusers": diffusers.__version__, "device": device, "threads": args.threads,
-                "batch_size": args.batch_size, "channels_last": args.channels_last,
-                "bf16": args.bf16, "tf32": args.tf32, "peak_gflops": peak, "note": args.note}
-        base.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{base}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-        Path(f"{base}.md").write_text("# UNet step speed against diffusers' UNet2DModel\n\n"
-                                      f"- command: `{meta['command']}`\n- {meta['date']}, "
-                                      f"{meta['machine']}, torch {meta['torch']}, diffusers "
-                                      f"{meta['diffusers']}\n\n```\n" + "\n".join(printed)
-                                      + "\n```\n")
-        table = record(base, "train_speed", model="UNet cases: " + args.cases,
-                       command=meta["command"], note=args.note, date=meta["date"],
-                       figures=history_figures(rows, args.batch_size, peak))
-        print(f"wrote {base}.json, {base}.md; appended a row to {table}")
-
+        meta = run_meta("train_speed.py", argv, args.note, diffusers=diffusers.__version__,
+                        device=device, batch_size=args.batch_size, channels_last=args.channels_last,
+                        bf16=args.bf16, tf32=args.tf32, peak_gflops=peak)
+        written = write_report(args.report, "train_speed",
+                               title="UNet step speed against diffusers' UNet2DModel", meta=meta,
+                               data={"rows": rows}, body="```\n" + "\n".join(printed) + "\n```\n",
+                               model="UNet cases: " + args.cases,
+                               figures=history_figures(rows, args.batch_size, peak))
+        print("wrote " + ", ".join(map(str, written)))
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,37 @@
 """benchmarks/history.py: the append-only history tables of the benchmarks."""
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from history import REQUIRED, append_row, git_commit, history_path, read_history, record
+from history import (
+    REQUIRED,
+    append_row,
+    git_commit,
+    history_path,
+    read_history,
+    record,
+    run_meta,
+    write_report,
+)
 
 from kuosan.errors import KuosanError
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return module
 
 
 def row(**figures) -> dict:
@@ -65,3 +88,29 @@ def test_the_committed_tables_parse(path):
     rows = read_history(path)
     assert rows and all(r["benchmark"] + "_history.jsonl" == path.name for r in rows)
     assert [r["date"] for r in rows] == sorted(r["date"] for r in rows)  # appended in time order
+
+
+def test_write_report_replaces_the_report_and_appends_a_row(tmp_path):
+    meta = run_meta("b.py", ["--x", "1 2"], note="n")
+    assert meta["command"] == "python3 benchmarks/b.py --x '1 2'"
+    for run in (1, 2):
+        written = write_report(tmp_path / "b.md", "b", title="B", meta=meta,
+                               data={"rows": [run, float("nan")]}, body=f"run {run}\n",
+                               model="m", figures={"run": run})
+    assert [p.name for p in written] == ["b.json", "b.md", "b_history.jsonl"]
+    assert json.loads((tmp_path / "b.json").read_text())["rows"] == [2, None]  # the latest
+    md = (tmp_path / "b.md").read_text()
+    assert md.startswith("# B\n") and meta["command"] in md and md.endswith("run 2\n")
+    assert [r["figures"]["run"] for r in read_history(tmp_path / "b_history.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["caption_accuracy", "editing", "digits_fid"])
+def test_the_current_report_is_a_row_of_its_history(name):
+    """The kept report and its table agree: the row of its run has the figures that the
+    script's own history_figures computes from the report."""
+    report = json.loads((RESULTS / f"{name}.json").read_text())
+    (row,) = [r for r in read_history(RESULTS / f"{name}_history.jsonl")
+              if r["date"] == report["meta"]["date"]]
+    figures = load_script(name).history_figures
+    expected = figures(report) if name == "editing" else figures(report["rows"])
+    assert row["figures"] == json.loads(json.dumps(expected))  # as stored: tuples → lists
