@@ -75,6 +75,7 @@ __all__ = [
     "build_emoji",
     "emoji_catalogue",
     "frame_picture",
+    "is_held_out",
     "render_entry",
 ]
 
