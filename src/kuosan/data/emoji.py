@@ -3,8 +3,8 @@
 ```python
 from kuosan.data import load_dataset
 ds = load_dataset("emoji", size=32)                       # flat + glossy, held-out pairs left out
-ds.captions[0]                                            # e.g. "grinning face, flat style"
-from kuosan.data.emoji import emoji_catalogue, render_entry
+ds.captions[:3]           # ['hash key, flat style', 'hash key', 'keycap #, flat style']
+from kuosan.data.emoji import emoji_catalogue, render_entries, render_entry
 cat = emoji_catalogue()                                   # every (concept, style, attribute) picture
 img = render_entry(cat[0], size=64)                       # (64, 64, 3) uint8, held-out ones too
 held = render_entries([e for e in cat if e.held_out], 32)  # (N, 3, 32, 32) uint8
