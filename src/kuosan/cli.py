@@ -535,16 +535,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .objectives import variational_bound
     from .pipeline import Pipeline
+    from .train_config import TrainConfig
 
     if not args.nll:
         raise KuosanError("say what to evaluate: --nll")
     pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
-    train_cfg = pipe.config.get("train", {})
-    spec = args.data or train_cfg.get("data")
+    stored = pipe.config.get("train")
+    train_cfg = TrainConfig.from_dict(stored) if stored else None  # nested, or flat (older runs)
+    spec = args.data or (train_cfg.data.name if train_cfg else None)
     if spec is None:
         raise KuosanError(f"'{args.model}' does not name its training data: pass --data")
     shape, image = tuple(pipe.info.shape), pipe.info.kind == "image"
-    data_seed = train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed
+    data_seed = (train_cfg.optim.seed if train_cfg else 0) if args.data_seed is None else args.data_seed
     ds = load_dataset(spec, size=shape[-1] if image else None, channels=shape[0] if image else None,
                       seed=data_seed)
     if tuple(ds.info.shape) != shape:
