@@ -377,3 +377,23 @@ def test_kind_mix_rejects_bad_weights(weights, fault):
         make_shapes_dataset(1, kind_weights=weights)
     with pytest.raises(KuosanError, match=fault):
         sample_spec(np.random.default_rng(0), kind_weights=weights)
+
+
+def test_the_scorer_still_imports_from_its_old_place_with_a_warning():
+    import importlib
+
+    import kuosan.data.shapes as world
+    import kuosan.metrics.shapes as scorer
+
+    for name in ("score", "parse", "find_objects", "ScoreResult", "attribute_accuracy"):
+        with pytest.warns(DeprecationWarning, match=f"kuosan.metrics.shapes.{name}"):
+            assert getattr(world, name) is getattr(scorer, name)
+    with pytest.raises(AttributeError):
+        world.no_such_name  # noqa: B018
+    import kuosan.conditional as old
+
+    with pytest.warns(DeprecationWarning, match="kuosan.models.conditional"):
+        importlib.reload(old)
+    from kuosan.models.conditional import fold_empty_caption
+
+    assert old.fold_empty_caption is fold_empty_caption
