@@ -22,7 +22,7 @@ TINY_UNET = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num
 def test_coord_features_tell_every_pixel_apart():
     f = coord_features(6, 5, num_freqs=4)
     assert f.shape == (30, 16)
-    # no two pixels share a code: 2.0 apart at least (sines of distinct places), 0.1 ≫ rounding
+    # no two pixels share a code: ≈ 2 apart at least (sines of distinct places), 0.1 ≫ rounding
     assert torch.cdist(f, f).add(torch.eye(30) * 9).min() > 0.1
     # row-major, u across: pixel (0, 4) is the top right; its u is (4 + 0.5) / 5 * 2 - 1
     u = (4 + 0.5) / 5 * 2 - 1
