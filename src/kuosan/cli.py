@@ -63,13 +63,8 @@ NO_LIMITS_HELP = ("lift the limits on one call's work (images, steps, resampling
 # what the limits are called here (kuosan.limits.LimitError.named)
 LIMIT_FLAGS = {"images": "-n", "steps": "--steps", "resample": "--resample", "pixels": "IMAGE",
                "prompt": "PROMPT", "negative_prompt": "--negative",
-               **{s: f"--{s}" for s in SIDES}, "work": "-n × --steps × --resample × pixels",
-               "lift": "--no-limits lifts it"}
-LIMIT_FLAGS_BY_COMMAND = {
-    "outpaint": {"pixels": "IMAGE with --left/--top/--right/--bottom"},
-    **{command: {"work": "-n × --steps × pixels"} for command in ("sample", "generate", "vary",
-                                                                   "img2img")},
-}
+               **{s: f"--{s}" for s in SIDES}, "lift": "--no-limits lifts it"}
+OUTPAINT_CANVAS = {"pixels": "IMAGE with --left/--top/--right/--bottom"}
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -660,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except LimitError as err:
-        names = {**LIMIT_FLAGS, **LIMIT_FLAGS_BY_COMMAND.get(args.command, {})}
+        names = {**LIMIT_FLAGS, **(OUTPAINT_CANVAS if args.command == "outpaint" else {})}
         print(f"kuosan: error: {err.named(names)}", file=sys.stderr)
         return 2
     except KuosanError as err:
