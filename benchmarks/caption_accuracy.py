@@ -53,7 +53,6 @@ from history import nan_to_none, record
 from PIL import Image
 
 from kuosan import KuosanError, Pipeline
-from kuosan.checkpoint import weights_digest
 from kuosan.data.shapes import CaptionSpec, format_caption, is_heldout, sample_spec
 from kuosan.images import save_grid
 from kuosan.metrics.shapes import ATTRIBUTES, attribute_accuracy, score
@@ -351,7 +350,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "note": args.note,
         "sampler": args.sampler or ", ".join(sorted({p.default_sampler for p in pipes})) + " (the models' own)",
         "seed": args.seed,
-        "models": {label: {"path": str(path), "weights": weights_digest(pipe.path),
+        "models": {label: {"path": str(path), "weights": pipe.digest,
                            "encoder": encoder_type(pipe),
                            "default_guidance": pipe.default_guidance, "data": pipe.info.name}
                    for label, path, pipe in zip(labels, args.model, pipes, strict=True)},

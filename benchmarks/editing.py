@@ -55,7 +55,6 @@ from history import record
 from PIL import Image
 
 from kuosan import KuosanError, Pipeline
-from kuosan.checkpoint import weights_digest
 from kuosan.data.shapes import (
     COLOURS,
     HELDOUT,
@@ -259,7 +258,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "command": shlex.join(["python3", "benchmarks/editing.py", *argv]),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "device": str(pipe.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "model": str(args.model), "weights": weights_digest(pipe.path), "steps": args.steps,
+            "model": str(args.model), "weights": pipe.digest, "steps": args.steps,
             "guidance": pipe.default_guidance if args.guidance is None else args.guidance,
             "margin": args.margin, "seed": args.seed, "note": args.note}
     return {"meta": meta, "rows": rows, "vary": vary_rows, "examples": examples}
