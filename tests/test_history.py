@@ -83,7 +83,13 @@ def test_record_writes_beside_the_report_with_commit_and_date(tmp_path):
     assert stored["date"][:4].isdigit() and stored["weights"] is None and stored["note"] == ""
 
 
-@pytest.mark.parametrize("path", sorted(RESULTS.glob("*_history.jsonl")), ids=lambda p: p.name)
+# the benchmarks that append through history.py (benchmarks/enhance.py keeps a table of its own)
+WRITERS = ("caption_accuracy", "digits_fid", "editing", "samplers", "text_encoders", "train_speed")
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(RESULTS.glob("*_history.jsonl"))
+                                  if p.name.removesuffix("_history.jsonl") in WRITERS],
+                         ids=lambda p: p.name)
 def test_the_committed_tables_parse(path):
     rows = read_history(path)
     assert rows and all(r["benchmark"] + "_history.jsonl" == path.name for r in rows)
