@@ -44,7 +44,6 @@ from torch import Tensor
 from kuosan.data.shapes import (
     BACKGROUNDS,
     COLOURS,
-    NUMBERS,
     PALETTE,
     PALETTE_HUE,
     PLURALS,
@@ -172,7 +171,7 @@ LEXICON: dict[str, dict[str, tuple[str, ...]]] = {
     "background noun": {"-": ("background", "backdrop", "bg", "canvas", "ground")},
     "separator": {"-": (",", "and", "with", "having", "while", "but")},
 }
-STOPWORDS = frozenset("""
+_STOPWORDS = """
 a an the of in at on is are be it its it's that which who this there there's here with to for
 by from as me my i you your we us our please thanks thank hello hi hey can could would will
 should like want see show draw make render paint sketch generate create give put place depict
@@ -182,7 +181,8 @@ simple plain clean minimal crisp clear colored coloured colour color sitting sit
 positioned located lying floating standing resting being set near edge side corner part area
 region of hand nothing else also exactly somewhere close closer directly just showing shows
 containing contains featuring features has have all only kind sort style
-""".split())
+"""
+STOPWORDS = frozenset(_STOPWORDS.split())
 
 CORNER_PARTS = {"top": "v", "bottom": "v", "left": "h", "right": "h"}
 

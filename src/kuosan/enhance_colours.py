@@ -7,7 +7,7 @@ dependency). A few crude names and misspelt duplicates are left out.
 hue; a grey, chroma < 32, is a background instead).
 """
 
-XKCD_COLOURS: dict[str, str] = dict(item.split(":") for item in """
+_XKCD = """
 adobe:bd6c48 algae:54ac68 amber:feb308 amethyst:9b5fc0 apple:6ecb3c apricot:ffb16d aqua:13eac9
 aquamarine:04d8b2 asparagus:77ab56 aubergine:3d0734 auburn:9a3001 avocado:90b134 azul:1d5dec
 azure:069af3 banana:ffff7e barney:ac1db8 beige:e6daa6 berry:990f4b black:000000 bland:afa88b
@@ -47,5 +47,5 @@ topaz:13bbaf turquoise:06c2ac twilight:4e518b ultramarine:2000b1 umber:b26400 ve
 vermillion:f4320c violet:9a0eea viridian:1e9167 watermelon:fd4659 wheat:fbdd7e white:ffffff
 wine:80013f wintergreen:20f986 wisteria:a87dc2 yellow:ffff14 yellowgreen:bbf90f
 yellowish:faee66
-""".split())
-# 236 names
+"""  # 236 names
+XKCD_COLOURS: dict[str, str] = dict(item.split(":") for item in _XKCD.split())
