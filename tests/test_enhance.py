@@ -20,6 +20,7 @@ from kuosan.enhance import (
     enhance_prompt,
     feedback_plan,
     generate_with_feedback,
+    language_for,
     shapes_reward,
 )
 from kuosan.enhance_colours import XKCD_COLOURS
@@ -85,6 +86,24 @@ def test_nonsense_comes_back_unchanged_with_a_reason(tables, prompt, why):
     rw = tables.rewrite(prompt)
     assert not rw.changed and rw.text == prompt and why in rw.reason
     assert enhance_prompt(prompt, tables) == prompt
+
+
+def test_a_composed_prompt_is_rewritten_part_by_part(tables):
+    assert (enhance_prompt("a crimson ball AND a navy box :0.5", tables)
+            == "a red circle AND a blue square :0.5")
+
+
+def test_only_shapesworld_models_have_a_language_yet():
+    class Info:
+        name = "emoji"
+
+    class Pipe:
+        info, name = Info(), "emoji-32"
+
+    with pytest.raises(KuosanError, match="CaptionSet"):
+        language_for(Pipe())
+    Pipe.info = type("Info", (), {"name": "shapes"})()
+    assert isinstance(language_for(Pipe()), ShapesLanguage)
 
 
 def test_a_caption_of_the_grammar_is_kept(tables):
