@@ -6,7 +6,7 @@ generator, from the training distribution (``sample_spec(rng, holdout="exclude")
 pair (``holdout="only"``, generator ``default_rng([seed, 1])``). Every model and every setting
 sees the same captions. Caption i (the seen ones first, then the held-out ones) gets one image,
 drawn with the generator seeded ``seed + i`` (``Pipeline.generate(captions, seed=seed)``), and
-``kuosan.data.shapes.score`` checks it against its caption. Reported per model, steps and
+``kuosan.metrics.shapes.score`` checks it against its caption. Reported per model, steps and
 guidance scale (1 = off):
 
 - caption accuracy: the fraction of images that satisfy their caption, for the seen single,
@@ -50,16 +50,9 @@ import torch
 from PIL import Image
 
 from kuosan import KuosanError, Pipeline
-from kuosan.data.shapes import (
-    ATTRIBUTES,
-    CaptionSpec,
-    attribute_accuracy,
-    format_caption,
-    is_heldout,
-    sample_spec,
-    score,
-)
+from kuosan.data.shapes import CaptionSpec, format_caption, is_heldout, sample_spec
 from kuosan.images import save_grid
+from kuosan.metrics.shapes import ATTRIBUTES, attribute_accuracy, score
 
 KINDS = ("single", "pair", "count")
 GROUPS = (*KINDS, "heldout", "all")  # columns of the caption-accuracy table

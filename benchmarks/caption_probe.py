@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from kuosan import Pipeline
-from kuosan.data.shapes import CaptionSpec, format_caption, sample_spec, score
+from kuosan.data.shapes import CaptionSpec, format_caption, sample_spec
+from kuosan.metrics.shapes import score
 from kuosan.samplers import SAMPLERS
 
 KINDS = {"pair": 96, "single": 64, "count": 48}

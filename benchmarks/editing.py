@@ -1,7 +1,7 @@
 """Editing on ShapesWorld, scored automatically: inpainting, outpainting, variations (issue 5).
 
 Protocol. Every case is drawn with ``np.random.default_rng([seed, task, i])`` and edited with
-the image's generator seeded ``seed + i``; ``kuosan.data.shapes.score`` and ``find_objects``
+the image's generator seeded ``seed + i``; ``kuosan.metrics.shapes.score`` and ``find_objects``
 check the results. Pixels outside the mask are compared with the source bit for bit.
 
 Every call uses the model's own sampler and guidance (config.json) unless said otherwise.
@@ -56,14 +56,13 @@ from kuosan.data.shapes import (
     SHAPES,
     Obj,
     Scene,
-    find_objects,
     format_caption,
     render,
     sample_scene,
     sample_spec,
-    score,
 )
 from kuosan.images import from_pil, make_grid, to_pil
+from kuosan.metrics.shapes import find_objects, score
 from kuosan.pipeline import INPAINT_RESAMPLE
 
 INPAINT_TASKS = ("replace", "replace-in-pair", "add")

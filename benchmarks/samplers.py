@@ -145,16 +145,13 @@ def ours(name: str, steps: int, spacing: str | None = None, **kw: float | str) -
 
     def run(model: Callable, schedule: NoiseSchedule, x_T: Tensor,
             generator: torch.Generator | None) -> Tensor:
-        if name == "ddpm":
-            den = S.Denoiser(model, schedule)
-            return S.sample_ddpm(den, x_T, S.timesteps_uniform(schedule, steps), generator=generator)
-        sigmas = S.sigmas_for(schedule, name, steps, spacing)
-        den = S.Denoiser(model, schedule)
-        extra = dict(kw)
-        if name in ("ddim", "dpmpp_2m_sde"):
+        entry, den, extra = S.SAMPLERS[name], S.Denoiser(model, schedule), dict(kw)
+        if entry.noise:
             extra["generator"] = generator
-        return S._SIGMA_SAMPLERS[name](den, x_T * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas,
-                                       **extra)
+        if entry.timesteps:
+            return entry.run(den, x_T, S.timesteps_uniform(schedule, steps), **extra)
+        sigmas = S.sigmas_for(schedule, name, steps, spacing)
+        return entry.run(den, x_T * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas, **extra)
 
     return run
 
@@ -208,14 +205,14 @@ def our_runs(nfe: int) -> list[tuple[str, bool, Callable]]:
     """(label, deterministic, runner) for our samplers at a budget of ``nfe`` evaluations: each
     deterministic one with its default last step, then with the other rule ("<rule> last")."""
     runs: list[tuple[str, bool, Callable]] = []
-    for name in S.DETERMINISTIC:
+    for name in (n for n, entry in S.SAMPLERS.items() if entry.deterministic):
         steps = (nfe + 1) // 2 if name == "heun" else nfe
         runs.append((name, True, ours(name, steps)))
     runs.append(("dpmpp_2m karras", True, ours("dpmpp_2m", nfe, "karras")))
     for name in ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"):  # ddim η = 0 is euler
         steps = (nfe + 1) // 2 if name == "heun" else nfe
         for final in S.FINAL_STEPS:
-            if final != S.DEFAULT_FINAL_STEP[name]:
+            if final != S.SAMPLERS[name].final_step:
                 runs.append((f"{name} {final} last", True, ours(name, steps, final=final)))
     runs.append(("ddpm", False, ours("ddpm", nfe)))
     runs.append(("ddim eta=1", False, ours("ddim", nfe, eta=1.0)))
@@ -272,7 +269,7 @@ def floors(mix: GaussianMixture, schedule: NoiseSchedule, x_T: Tensor, exact: Te
     x0 = mix.sample(len(x_T), torch.Generator().manual_seed(6))
     x_T_exact = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * x_T  # q_{T−1}, sharing x_T's z
     log_exact = log_marginal_T(mix, schedule, x_T_exact)
-    default = S.DEFAULT_FINAL_STEP["dpmpp_3m"]
+    default = S.SAMPLERS["dpmpp_3m"].final_step
     for final in (default, *(f for f in S.FINAL_STEPS if f != default)):
         label = f"exact ODE (3M, {floor_steps} steps, last step {final})"
         run = ours("dpmpp_3m", floor_steps, "log_snr", final=final)

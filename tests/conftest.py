@@ -16,7 +16,7 @@ import torch
 import kuosan.data as kd
 from kuosan.train import TrainConfig, train
 
-TINY_TEXT = TrainConfig(data="shapes", model="s", steps=3, batch_size=8, warmup_steps=1, sample_every=0,
+TINY_TEXT = TrainConfig.from_flat(data="shapes", model="s", steps=3, batch_size=8, warmup_steps=1, sample_every=0,
                         save_every=0, grid_size=2, grid_steps=2, text_encoder="transformer",
                         cond_drop=0.5)
 TINY_SHAPES_ITEMS = 48
@@ -41,6 +41,12 @@ def _threads_unchanged():
     if changed != n:
         torch.set_num_threads(n)
         pytest.fail(f"the test changed torch's thread count from {n} to {changed}")
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Start every test from the same global RNG state, whatever ran before it."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

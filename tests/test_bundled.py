@@ -15,7 +15,7 @@ from PIL import Image
 
 from kuosan import Pipeline
 from kuosan.cli import main
-from kuosan.data.shapes import score
+from kuosan.metrics.shapes import score
 from kuosan.pipeline import BUNDLED, bundled_models
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kuosan.data.shapes import ATTRIBUTES, is_heldout, parse
+from kuosan.data.shapes import is_heldout
+from kuosan.metrics.shapes import ATTRIBUTES, parse
 from kuosan.train import TrainConfig, train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_accuracy.py"
@@ -111,7 +112,7 @@ def test_row_marks_pass_and_fail(bench):
 
 def test_error_for_a_model_without_text(bench, tmp_path, capsys):
     digits = tmp_path / "digits"
-    train(TrainConfig(data="digits", model="xs", steps=1, batch_size=8, sample_every=0,
+    train(TrainConfig.from_flat(data="digits", model="xs", steps=1, batch_size=8, sample_every=0,
                       save_every=0, grid_size=2, grid_steps=2), digits, progress=False)
     assert bench.main(["--model", str(digits), "-n", "2", "--heldout-n", "0"]) == 2
     err = capsys.readouterr().err.strip()

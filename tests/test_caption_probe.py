@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from kuosan.data.shapes import Scene, format_caption, parse, render, sample_scene, score
+from kuosan.data.shapes import Scene, format_caption, render, sample_scene
 from kuosan.guidance import parse_composition
+from kuosan.metrics.shapes import parse, score
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_probe.py"
 FLIP = {"to the left of": "to the right of", "to the right of": "to the left of",

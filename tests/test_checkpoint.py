@@ -101,7 +101,7 @@ def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
     from kuosan.train import TrainConfig, train
 
     run = tmp_path / "run"
-    train(TrainConfig(data="digits", steps=2, batch_size=8, sample_every=0, save_every=0), run,
+    train(TrainConfig.from_flat(data="digits", steps=2, batch_size=8, sample_every=0, save_every=0), run,
           progress=False)
     slim = ck.export_checkpoint(run, tmp_path / "slim", sampling={"guidance": 2.5, "sampler": "ddim"})
     assert sorted(p.name for p in slim.iterdir()) == ["config.json", "model.safetensors"]

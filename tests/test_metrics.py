@@ -33,6 +33,7 @@ def test_fd_diagonal_closed_form() -> None:
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     a, b = rng.uniform(0.1, 5, d), rng.uniform(0.1, 5, d)
     expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    # float64 eigen-decompositions: ~d·κ·2⁻⁵³ ≈ 1e-13 for d = 16, condition number κ ≤ 50
     assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
 
 
@@ -60,6 +61,8 @@ def test_fd_general_matches_scipy_sqrtm_and_is_symmetric() -> None:
     covmean = linalg.sqrtm(s1 @ s2).real  # the pytorch-fid formula
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
     got = frechet_distance(mu1, s1, mu2, s2)
+    # two float64 algorithms (eigh of a symmetric form; Schur sqrtm of the non-symmetric s1·s2,
+    # whose error grows with its condition number ~1e3): each ≲ 1e3·d·2⁻⁵³ ≈ 1e-12
     assert got == pytest.approx(expected, rel=1e-8)
     assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(got, rel=1e-10)
 
@@ -69,18 +72,20 @@ def test_fd_of_a_feature_set_with_itself_is_zero() -> None:
     for n, d in [(500, 32), (20, 64)]:  # full rank, and rank-deficient (n < d)
         x = rng.normal(size=(n, d)) * rng.uniform(0, 10, d)
         mu, sigma = feature_stats(x)
+        # float64: eigenvalues of Σ² that should be 0 round to ~2⁻⁵³·λ², their roots to ≲ 1e-8·λ
         assert frechet_distance(mu, sigma, mu, sigma) < 1e-8 * np.trace(sigma)
 
 
 def test_fd_one_dimensional() -> None:
     # N(0, 1) vs N(3, 4): 9 + (1 − 2)² = 10
-    assert frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0)
+    assert frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0)  # float64: ~1e-16
 
 
 def test_feature_stats_matches_numpy() -> None:
     x = np.random.default_rng(4).normal(size=(50, 5)).astype(np.float32)
     mu, sigma = feature_stats(x)
     assert mu.dtype == np.float64 and sigma.shape == (5, 5)
+    # float64 sums of 50 terms |x| < 4: ≲ 50·2⁻⁵³·4 ≈ 2e-14, relative to entries ≳ 1e-2
     np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64).T), rtol=1e-12)
 
@@ -99,13 +104,15 @@ def test_kid_matches_brute_force() -> None:
     xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
     yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
     xy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / (7 * 5)
-    assert kid(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+    assert kid(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)  # float64, ~100 terms: ~1e-14
 
 
 def test_kid_near_zero_for_same_distribution_and_positive_otherwise() -> None:
     rng = np.random.default_rng(6)
     a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
     shifted = rng.normal(size=(400, 8)) + 1.0
+    # fixed seed; KID at n = 400, d = 8 has standard deviation 0.0095 (200 seeds): 0.05 is 5 of
+    # them; a shift of 1 per coordinate gives 7.6
     assert abs(kid(a, b)) < 0.05
     assert kid(a, shifted) > 1.0
 
@@ -134,6 +141,8 @@ def test_split_is_disjoint_stratified_and_covers_the_data(evaluator: DigitsEvalu
 
 def test_classifier_accuracy_on_unseen_digits(evaluator: DigitsEvaluator) -> None:
     print(f"digits classifier accuracy on 1,195 unseen digits: {evaluator.accuracy:.4f}")
+    # 0.967 seen; other CPUs' kernels train a slightly other CNN: 0.95 is 3 binomial standard
+    # errors (√(p(1−p)/1195) = 0.005) below
     assert evaluator.accuracy > 0.95
 
 
@@ -142,6 +151,8 @@ def test_real_held_out_digits_score_at_the_floor(evaluator: DigitsEvaluator, dig
     held = images[evaluator.split.held_out]
     report = evaluator.evaluate(held[:300])
     assert report.n == report.n_eval == 300
+    # real digits score at the floor (1.16× and KID −0.009 seen, 0.96 confidence): the bounds
+    # leave room for another CPU's classifier, while every bad set below scores ≥ 10× the floor
     assert report.fid < 2.0 * report.fid_floor
     assert report.kid < 0.02
     assert report.confidence_mean > 0.9
@@ -160,6 +171,7 @@ def test_bad_samples_score_far_worse_than_the_floor(evaluator: DigitsEvaluator, 
     }
     for name, samples in bad.items():
         report = evaluator.evaluate(samples)
+        # ≥ 10× the floor and KID ≥ floor + 0.04 seen (the noisy real digits are the closest)
         assert report.fid > 5.0 * report.fid_floor, name
         assert report.kid > report.kid_floor + 0.01, name
     collapsed = evaluator.evaluate(np.repeat(images[:1], 1000, axis=0))
@@ -173,6 +185,8 @@ def test_class_histogram_of_real_digits_is_about_uniform(
     report = evaluator.evaluate(images)
     assert sum(report.class_histogram) == report.n == 1797
     shares = np.array(report.class_histogram) / report.n
+    # the true shares are 0.097..0.102 (174..183 of each class); 0.094..0.107 seen after the
+    # classifier's 3% errors: 0.015 is room for another CPU's classifier
     assert shares.min() > 0.085 and shares.max() < 0.115
     assert report.min_class_share == pytest.approx(shares.min())
 
@@ -184,12 +198,12 @@ def test_memorisation_flags_copies_and_not_new_digits(evaluator: DigitsEvaluator
     report = evaluator.evaluate(copies)
     assert report.memorised_fraction == 1.0 and report.nn_distance_mean == 0.0
     near_copies = np.clip(copies + rng.normal(0, 0.1, copies.shape), 0, 16)  # L2 ≈ 0.8
-    assert evaluator.evaluate(near_copies).memorised_fraction > 0.95
+    assert evaluator.evaluate(near_copies).memorised_fraction > 0.95  # L2 0.8 < 2.0: 1.0 seen
     shifted = np.roll(copies, 1, axis=2)  # every digit moved one pixel right
     report = evaluator.evaluate(shifted)
-    assert report.memorised_fraction < 0.05
+    assert report.memorised_fraction < 0.05  # 0.0 seen: real digits are ≥ 5.3 apart, ≫ 2.0
     assert report.nn_distance_mean > 2 * MEMORISATION_THRESHOLD
-    assert 14 < report.real_nn_distance_mean < 19  # real digits are far from each other
+    assert 14 < report.real_nn_distance_mean < 19  # real digits are far from each other: 16.4
 
 
 def write_pngs(folder: Path, images: np.ndarray, scale: int = 1) -> None:
@@ -208,10 +222,10 @@ def test_png_round_trip_scores_like_the_arrays(
     write_pngs(tmp_path / "big", held, scale=4)  # 32×32, box-downsampled on load
     loaded = load_png_folder(tmp_path / "big")
     assert loaded.shape == held.shape and loaded.dtype == np.float32
-    assert np.abs(loaded - held).max() <= 16 / 510 + 1e-6  # 8-bit rounding only
+    assert np.abs(loaded - held).max() <= 16 / 510 + 1e-6  # 8-bit rounding (½ level) + float32
     report = evaluator.evaluate(loaded)
     assert report.memorised_fraction == 1.0
-    assert report.fid < 1.2 * report.fid_floor
+    assert report.fid < 1.2 * report.fid_floor  # the held-out digits ± ½ level of 255 score the floor
 
 
 def test_user_mistakes_raise_kuosan_error(tmp_path: Path) -> None:

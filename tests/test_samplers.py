@@ -53,7 +53,7 @@ def test_error_shrinks_at_the_stated_order(name: str, order: float, final: str) 
     x = torch.linspace(-3, 3, 101, dtype=torch.float64)[:, None] * SIGMA_MAX
     errors = []
     for n in (16, 32, 64):
-        y = S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(n), final=final)
+        y = S.SAMPLERS[name].run(GAUSS.denoise, x, log_grid(n), final=final)
         errors.append(float((y - exact_target(x, final)).abs().max()))
     assert errors[0] > errors[1] > errors[2]
     assert math.log2(errors[1] / errors[2]) >= order, errors
@@ -108,13 +108,30 @@ def test_trapezoid_last_step_is_exact_for_data_of_std_sigma_data(sigma: float) -
     assert S.final_weight(157.0, "trapezoid") < 0.01 and S.final_weight(0.01, "denoise") == 0
 
 
-@pytest.mark.parametrize("name", S.WITH_FINAL_STEP)
+WITH_FINAL_STEP = [name for name, entry in S.SAMPLERS.items() if entry.final_step is not None]
+
+
+@pytest.mark.parametrize("name", list(S.SAMPLERS))
+def test_table_defaults_are_each_functions_defaults(name: str) -> None:
+    """The table's η and last step are the sampler function's own defaults, so calling the
+    function directly and through sample() agree."""
+    entry = S.SAMPLERS[name]
+    params = inspect.signature(entry.run).parameters
+    assert ("final" in params) == (entry.final_step is not None)
+    assert ("eta" in params) == (entry.eta is not None)
+    assert ("generator" in params) == entry.noise
+    if entry.final_step is not None:
+        assert params["final"].default == entry.final_step
+    if entry.eta is not None:
+        assert params["eta"].default == entry.eta
+
+
+@pytest.mark.parametrize("name", WITH_FINAL_STEP)
 def test_default_final_step_is_each_functions_default(name: str) -> None:
-    default = inspect.signature(S._SIGMA_SAMPLERS[name]).parameters["final"].default
-    assert default == S.DEFAULT_FINAL_STEP[name]
+    run, default = S.SAMPLERS[name].run, S.SAMPLERS[name].final_step
     x = torch.linspace(-3, 3, 11, dtype=torch.float64)[:, None] * SIGMA_MAX
-    torch.testing.assert_close(S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(6)),
-                               S._SIGMA_SAMPLERS[name](GAUSS.denoise, x, log_grid(6), final=default))
+    torch.testing.assert_close(run(GAUSS.denoise, x, log_grid(6)),
+                               run(GAUSS.denoise, x, log_grid(6), final=default))
 
 
 def test_ddim_eta0_is_euler_and_eta1_is_ancestral_ddpm() -> None:
@@ -147,7 +164,7 @@ class CountingModel:
 @pytest.mark.parametrize("name", S.SAMPLERS)
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_model_evaluations_match_the_docstring(name: str, steps: int) -> None:
-    finals = S.FINAL_STEPS if name in S.WITH_FINAL_STEP else (None,)
+    finals = S.FINAL_STEPS if name in WITH_FINAL_STEP else (None,)
     for final in finals:  # the last step costs no evaluation, whichever rule
         model = CountingModel()
         x = S.sample(model, (8, 2), schedule=SCHEDULE, sampler=name, steps=steps,
@@ -260,3 +277,22 @@ def test_user_mistakes_raise() -> None:
         S.sample_euler(MIX.denoise, torch.zeros(2, 2), torch.tensor([2.0, 0.0]), final="euler")
     with pytest.raises(KuosanError, match="end at 0"):
         S.sample_euler(MIX.denoise, torch.zeros(2, 2), torch.tensor([2.0, 1.0]))
+
+
+def test_sample_takes_a_denoiser() -> None:
+    model = CountingModel("v")
+    denoiser = S.Denoiser(model, SCHEDULE, "v", clip_x0=True)
+    for name in ("ddpm", "dpmpp_2m"):
+        from_model = S.sample(model, (8, 2), schedule=SCHEDULE, sampler=name, steps=4,
+                              prediction="v", clip_x0=True,
+                              generator=torch.Generator().manual_seed(0))
+        from_denoiser = S.sample(denoiser, (8, 2), sampler=name, steps=4,
+                                 generator=torch.Generator().manual_seed(0))
+        assert torch.equal(from_model, from_denoiser)
+    assert denoiser.calls == 8 and model.calls == 16
+    with pytest.raises(KuosanError, match="belong to the Denoiser"):
+        S.sample(denoiser, (8, 2), sampler="euler", steps=4, prediction="x0")
+    with pytest.raises(KuosanError, match="differs from the denoiser"):
+        S.sample(denoiser, (8, 2), schedule=NoiseSchedule.linear(10), sampler="euler", steps=4)
+    with pytest.raises(KuosanError, match="needs schedule="):
+        S.sample(model, (8, 2), sampler="euler", steps=4)

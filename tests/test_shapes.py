@@ -17,23 +17,25 @@ from kuosan.data.shapes import (
     Obj,
     ObjSpec,
     Scene,
-    attribute_accuracy,
     box_gap,
     check_kind_weights,
-    find_objects,
-    flood_fill_components,
     format_caption,
     is_heldout,
     make_shapes_dataset,
-    parse,
     random_example,
     render,
     render_array,
     sample_scene,
     sample_spec,
-    score,
 )
 from kuosan.errors import KuosanError
+from kuosan.metrics.shapes import (
+    attribute_accuracy,
+    find_objects,
+    flood_fill_components,
+    parse,
+    score,
+)
 
 
 @cache

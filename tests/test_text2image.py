@@ -1,6 +1,5 @@
 """Text-to-image end to end on a tiny ShapesWorld run: train with captions, load, generate."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -65,7 +64,7 @@ def test_resume_of_a_text_model_is_exact(tmp_path):
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_tiny_text(TINY_TEXT, straight)
-    train_tiny_text(dataclasses.replace(TINY_TEXT, steps=2), split)
+    train_tiny_text(TINY_TEXT.replace(steps=2), split)
     train_tiny_text(TINY_TEXT, split, resume=True)
     a, b = load_file(straight / "model.safetensors"), load_file(split / "model.safetensors")
     assert any(k.startswith("text.") for k in a)
@@ -74,12 +73,12 @@ def test_resume_of_a_text_model_is_exact(tmp_path):
 
 def test_text_encoder_needs_captions(tmp_path):
     with pytest.raises(KuosanError, match="captioned data"):
-        train(dataclasses.replace(TINY_TEXT, data="digits", model="xs"), tmp_path / "x", progress=False)
+        train(TINY_TEXT.replace(data="digits", model="xs"), tmp_path / "x", progress=False)
 
 
 def test_prompt_to_unconditional_model_is_refused(tmp_path):
     out = tmp_path / "digits"
-    train(TrainConfig(data="digits", steps=1, batch_size=8, sample_every=0, save_every=0), out,
+    train(TrainConfig.from_flat(data="digits", steps=1, batch_size=8, sample_every=0, save_every=0), out,
           progress=False)
     with pytest.raises(KuosanError, match="not a text-to-image model"):
         Pipeline.load(out).generate("a red circle")

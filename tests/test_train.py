@@ -1,6 +1,6 @@
 """The trainer end to end: exact resume, many processes, time budget, divergence, bad input."""
 
-import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from kuosan import KuosanError
+from kuosan.cli import main
 from kuosan.train import TrainConfig, batch_indices, ema_beta, train, with_high_noise
 
-TINY = TrainConfig(data="digits", steps=6, batch_size=16, warmup_steps=2, sample_every=0,
+TINY = TrainConfig.from_flat(data="digits", steps=6, batch_size=16, warmup_steps=2, sample_every=0,
                    save_every=0, grid_size=4, grid_steps=3, log_every=2)
 
 
@@ -33,21 +34,21 @@ def assert_same(a: dict, b: dict, atol: float = 0.0) -> None:
 def test_exact_resume_bit_for_bit(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(TINY, straight, progress=False)
-    train(dataclasses.replace(TINY, steps=3), split, progress=False)
-    r = train(dataclasses.replace(TINY, steps=6), split, resume=True, progress=False)
+    train(TINY.replace(steps=3), split, progress=False)
+    r = train(TINY.replace(steps=6), split, resume=True, progress=False)
     assert r.step == 6 and r.images_seen == 6 * 16
     for name in ("model", "ema", "training_state"):
         assert_same(weights(straight, name), weights(split, name))
     # and a different seed really gives different weights (the check above can fail)
     other = tmp_path / "other"
-    train(dataclasses.replace(TINY, seed=1), other, progress=False)
+    train(TINY.replace(seed=1), other, progress=False)
     a, b = weights(straight), weights(other)
     assert any(not torch.equal(v, b[k]) for k, v in a.items())
 
 
 def test_checkpoint_contents_and_samples(tmp_path):
     out = tmp_path / "run"
-    train(dataclasses.replace(TINY, steps=4, save_every=2, sample_every=2), out, progress=False)
+    train(TINY.replace(steps=4, save_every=2, sample_every=2), out, progress=False)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "ema.safetensors", "training_state.json",
             "training_state.safetensors", "log.jsonl", "samples"} <= names
@@ -57,7 +58,7 @@ def test_checkpoint_contents_and_samples(tmp_path):
 
 def test_time_budget_stops_and_saves(tmp_path):
     out = tmp_path / "run"
-    r = train(dataclasses.replace(TINY, steps=None, minutes=0.02), out, progress=False)
+    r = train(TINY.replace(steps=None, minutes=0.02), out, progress=False)
     assert r.stopped_by == "minutes" and r.step > 0
     assert (out / "training_state.json").exists()
 
@@ -76,7 +77,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(kt, "training_loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(KuosanError, match="diverged at step 4"):
-        train(dataclasses.replace(TINY, steps=10, save_every=2), out, progress=False)
+        train(TINY.replace(steps=10, save_every=2), out, progress=False)
     from kuosan.checkpoint import load_training_state
 
     state, _ = load_training_state(out)
@@ -88,7 +89,7 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KuosanError, match="nothing to resume|no training state"):
         train(TINY, out, resume=True, progress=False)
-    train(dataclasses.replace(TINY, steps=1), out, progress=False)
+    train(TINY.replace(steps=1), out, progress=False)
     with pytest.raises(KuosanError, match="already holds a checkpoint"):
         train(TINY, out, progress=False)
 
@@ -104,7 +105,7 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path):
 ])
 def test_bad_config_values(tmp_path, change, message):
     with pytest.raises(KuosanError, match=message):
-        train(dataclasses.replace(TINY, **change), tmp_path / "run", progress=False)
+        train(TINY.replace(**change), tmp_path / "run", progress=False)
 
 
 def test_batch_indices_cover_each_epoch_once():
@@ -164,3 +165,45 @@ def test_two_processes_equal_one(tmp_path):
     assert "2 process(es)" in run2.stdout  # each rank did not silently train alone
     assert_same(weights(one), weights(two))
     assert_same(weights(one, "ema"), weights(two, "ema"))
+
+
+# ---- the config: nested groups, saved as JSON; the flat dict of older runs still reads ---------
+
+BUNDLED_CONFIG = Path(__file__).parents[1] / "src" / "kuosan" / "bundled" / "shapes-32" / "config.json"
+
+
+def test_config_groups_round_trip_through_json():
+    config = TINY.replace(data="shapes", shapes_mix={"pair": 1.0}, init_from="runs/x", grid_size=9)
+    stored = json.loads(json.dumps(config.to_dict()))
+    assert set(stored) == {"data", "model", "optim", "init", "grid", "runtime"}
+    assert stored["data"]["shapes_mix"] == {"pair": 1.0} and stored["grid"]["size"] == 9
+    assert TrainConfig.from_dict(stored) == config
+    assert TrainConfig.from_dict(config.to_flat()) == config
+    assert TrainConfig.from_flat(**config.to_flat()) == config
+    with pytest.raises(KuosanError, match="unknown training setting"):
+        TINY.replace(lerning_rate=1.0)
+
+
+def test_the_flat_names_are_those_of_checkpoints_written_before_the_groups():
+    """The bundled model's config.json was written with the flat TrainConfig: every one of its
+    names maps to a field of a group, and it reads back to the same values."""
+    flat = json.loads(BUNDLED_CONFIG.read_text())["train"]
+    assert set(flat) == set(TrainConfig().to_flat())
+    config = TrainConfig.from_dict(flat)
+    assert config.to_flat() == flat
+    assert config.data.name == "shapes" and config.data.shapes_mix == flat["shapes_mix"]
+    config.check()
+
+
+def test_cli_resumes_a_run_with_a_flat_config(tmp_path):
+    """A run saved before the groups (its "train" flat) resumes, bit for bit as one straight run."""
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    train(TINY, straight, progress=False)
+    train(TINY.replace(steps=3), old, progress=False)
+    stored = json.loads((old / "config.json").read_text())
+    stored["train"] = TINY.replace(steps=3).to_flat()
+    (old / "config.json").write_text(json.dumps(stored))
+    assert main(["train", "--out", str(old), "--resume", "--steps", "6", "--no-progress"]) == 0
+    for name in ("model", "ema"):
+        assert_same(weights(straight, name), weights(old, name))
+    assert json.loads((old / "config.json").read_text())["train"] == TINY.to_dict()

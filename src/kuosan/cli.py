@@ -7,7 +7,6 @@ status 2; argparse does the same for bad flags.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -83,7 +82,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     from .models import UNET_PRESETS
     from .train import TrainConfig
 
-    d = TrainConfig()
+    d = argparse.Namespace(**TrainConfig().to_flat())  # the defaults, by flag name
     p = sub.add_parser(
         "train", help="train a model on a dataset",
         description="Train a diffusion model. The output folder becomes a checkpoint "
@@ -169,8 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume and (args.out / "config.json").exists():
         stored = load_config(args.out).get("train", {})
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        base = TrainConfig(**{k: v for k, v in stored.items() if k in known})
+        base = TrainConfig.from_dict(stored)  # nested, or flat from runs before the groups
         explicit = _typed_flags(args._argv) & set(TRAIN_FLAGS)
         changes = {TRAIN_FLAGS[f]: getattr(args, f) for f in explicit if TRAIN_FLAGS[f] in RESUMABLE}
         ignored = sorted(f for f in explicit if TRAIN_FLAGS[f] not in RESUMABLE)
@@ -180,9 +178,10 @@ def run_train(args: argparse.Namespace) -> int:
         if "steps" in changes or "minutes" in changes:  # a new stopping rule replaces the old one
             changes.setdefault("steps", None)
             changes.setdefault("minutes", None)
-        config = dataclasses.replace(base, **changes)
+        config = base.replace(**changes)
     else:
-        config = TrainConfig(**{field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()})
+        config = TrainConfig.from_flat(**{field: getattr(args, flag)
+                                          for flag, field in TRAIN_FLAGS.items()})
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
     return 0
 

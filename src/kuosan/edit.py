@@ -4,8 +4,8 @@ Everything here works in model space (images in [−1, 1], shape (B, C, H, W)) o
 ``model(x_t, t) -> output`` that :func:`kuosan.samplers.sample` takes, guided or not; the
 :class:`kuosan.pipeline.Pipeline` methods wrap it for PIL images and captions.
 
-- **Inpainting** (mask m, 1 = repaint): :func:`pin_known` wraps the model so that at every call
-  the known region of its input is the known image re-noised to the current level,
+- **Inpainting** (mask m, 1 = repaint): :class:`PinnedDenoiser` wraps the denoiser so that at
+  every call the known region of its input is the known image re-noised to the current level,
   x̃_t = m·x_t + (1 − m)·(√ᾱ·x_known + √(1 − ᾱ)·z) with fresh z (Song et al. 2021, RePaint's
   base step), and its x̂_0 is the known image there, m·x̂_0 + (1 − m)·x_known, so every sampler's
   state stays consistent with the known pixels. It works with every sampler.
@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from .errors import KuosanError
 from .samplers import (
+    BaseDenoiser,
     Denoiser,
     Generators,
     ModelFn,
@@ -47,7 +48,7 @@ from .samplers import (
     sample,
     sigmas_for,
 )
-from .schedule import NoiseSchedule, Prediction, expand_as, target_for, x0_eps_from_output
+from .schedule import NoiseSchedule, Prediction, expand_as
 
 RESAMPLE_SAMPLERS = ("ddpm", "ddim")  # samplers RePaint's resampling runs with
 
@@ -103,26 +104,27 @@ def composite(original: Tensor, generated: Tensor, soft_mask: Tensor) -> Tensor:
 # ---- inpainting --------------------------------------------------------------------------------
 
 
-def pin_known(model: ModelFn, known: Tensor, mask: Tensor, *, schedule: NoiseSchedule,
-              prediction: Prediction, generator: Generators = None) -> ModelFn:
-    """``model`` with the known region pinned (module docstring): inputs take the known image
-    re-noised to the current level (fresh noise z from ``generator`` at each call), outputs say
-    x̂_0 = known there. ``known`` (B, C, H, W) in model space, ``mask`` broadcastable to it,
-    1 = repaint (float, or bool)."""
-    m = mask.to(known.dtype)
+class PinnedDenoiser(BaseDenoiser):
+    """A denoiser with the known region pinned (module docstring), over ``inner``: at (x_t, t)
+    the input is x̃_t = m·x_t + (1 − m)·(√ᾱ·x_known + √(1 − ᾱ)·z), z fresh from ``generator``,
+    and the answer m·D(x̃_t) + (1 − m)·x_known. ``known`` (B, C, H, W) in model space, ``mask``
+    broadcastable to it, 1 = repaint (float, or bool)."""
 
-    def pinned(x_t: Tensor, t: Tensor) -> Tensor:
-        alpha_bar = schedule.alpha_bar_at(t.double().cpu()).to(x_t.device)
-        ab = expand_as(alpha_bar, x_t).to(x_t.dtype)
-        z = randn(x_t.shape, generator, x_t.dtype).to(x_t.device)
-        k, mm = known.to(x_t.device, x_t.dtype), m.to(x_t.device)
-        x_in = mm * x_t + (1 - mm) * (ab.sqrt() * k + (1 - ab).sqrt() * z)
-        x0, _ = x0_eps_from_output(model(x_in, t), x_in, alpha_bar, prediction)
-        x0 = mm * x0 + (1 - mm) * k
-        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()  # what the sampler's own x_t then implies
-        return target_for(prediction, x0, eps, alpha_bar)
+    def __init__(self, inner: BaseDenoiser, known: Tensor, mask: Tensor,
+                 generator: Generators = None) -> None:
+        self.inner, self.schedule, self.generator = inner, inner.schedule, generator
+        self.known, self.mask = known, mask.to(known.dtype)
 
-    return pinned
+    @property
+    def calls(self) -> int:
+        return self.inner.calls
+
+    def at_timestep(self, x_t: Tensor, t: Tensor) -> Tensor:
+        ab = expand_as(self.schedule.alpha_bar_at(t), x_t).to(x_t.device, x_t.dtype)
+        z = randn(x_t.shape, self.generator, x_t.dtype).to(x_t.device)
+        k, m = self.known.to(x_t.device, x_t.dtype), self.mask.to(x_t.device)
+        x_in = m * x_t + (1 - m) * (ab.sqrt() * k + (1 - ab).sqrt() * z)
+        return m * self.inner.at_timestep(x_in, t) + (1 - m) * k
 
 
 @torch.no_grad()
@@ -135,7 +137,7 @@ def inpaint(model: ModelFn, known: Tensor, mask: Tensor, *, schedule: NoiseSched
     """Repaint ``mask`` (1 = repaint, broadcastable to ``known``) of ``known`` (B, C, H, W) and
     return the sampler's x_0 (the known region is ≈ known; :func:`composite` makes it exact).
 
-    ``resample`` = 1 runs ``sample()`` on the pinned model (any sampler and its options, e.g.
+    ``resample`` = 1 runs ``sample()`` on the pinned denoiser (any sampler and its options, e.g.
     ``final_step``; model evaluations as ``sample``). ``resample`` = r > 1 is RePaint (module
     docstring), for "ddpm" (η = 1) and "ddim" (η = ``eta``, default 0): about steps·r model
     evaluations, the last step x̂_0. The initial noise is drawn first, as in ``sample``, so a
@@ -143,12 +145,11 @@ def inpaint(model: ModelFn, known: Tensor, mask: Tensor, *, schedule: NoiseSched
     """
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise KuosanError(f"resample must be an integer >= 1, got {resample!r}")
-    pinned = pin_known(model, known, mask, schedule=schedule, prediction=prediction,
-                       generator=generator)
+    pinned = PinnedDenoiser(Denoiser(model, schedule, prediction, clip_x0), known, mask, generator)
     if resample == 1:
-        return sample(pinned, tuple(known.shape), schedule=schedule, sampler=sampler, steps=steps,
-                      generator=generator, prediction=prediction, eta=eta, spacing=spacing,
-                      clip_x0=clip_x0, device=device, progress=progress, **sampler_kwargs)
+        return sample(pinned, tuple(known.shape), sampler=sampler, steps=steps,
+                      generator=generator, eta=eta, spacing=spacing, device=device,
+                      progress=progress, **sampler_kwargs)
     if sampler not in RESAMPLE_SAMPLERS:
         raise KuosanError(f"resampling (resample={resample}) needs a single-step sampler: "
                           f"{' or '.join(RESAMPLE_SAMPLERS)}, not {sampler!r}")
@@ -162,8 +163,7 @@ def inpaint(model: ModelFn, known: Tensor, mask: Tensor, *, schedule: NoiseSched
         raise KuosanError(f"DDIM's eta must be >= 0, got {eta}")
     sigmas = sigmas_for(schedule, sampler, steps, spacing).tolist()
     x = randn(known.shape, generator).to(device or known.device) * math.sqrt(1 + sigmas[0] ** 2)
-    denoiser = Denoiser(pinned, schedule, prediction, clip_x0)
-    return repaint_loop(denoiser, x, sigmas, resample=resample, eta=eta, generator=generator,
+    return repaint_loop(pinned, x, sigmas, resample=resample, eta=eta, generator=generator,
                         progress=progress)
 
 

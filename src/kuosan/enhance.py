@@ -41,26 +41,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from kuosan.data.shapes import (
-    BACKGROUNDS,
-    COLOURS,
-    PALETTE,
-    PALETTE_HUE,
-    PLURALS,
-    CaptionSpec,
-    ObjSpec,
-    _hue,
-    format_caption,
-    parse,
-    score,
-)
+from kuosan.data.shapes import BACKGROUNDS, COLOURS, PLURALS, CaptionSpec, ObjSpec, format_caption
 from kuosan.enhance_colours import XKCD_COLOURS
 from kuosan.errors import KuosanError
+from kuosan.guidance import parse_composition
+from kuosan.metrics.shapes import PALETTE, PALETTE_HUE, _hue, parse, score
 
 __all__ = [
     "CaptionLanguage", "CaptionSet", "Feedback", "MiniLMEmbed", "Rewrite", "ShapesLanguage",
     "best_candidate", "enhance_prompt", "feedback_plan", "generate_with_feedback",
-    "shapes_reward",
+    "language_for", "shapes_reward",
 ]
 
 Embed = Callable[[list[str]], Tensor]  # texts -> (N, D), rows L2-normalised
@@ -108,8 +98,24 @@ class CaptionLanguage(Protocol):
 
 def enhance_prompt(text: str, language: CaptionLanguage | None = None) -> str:
     """`text` in the model's caption language (`language`, default a new `ShapesLanguage`),
-    or `text` unchanged when nothing maps (`language.rewrite(text).reason` says why)."""
-    return (language or ShapesLanguage()).rewrite(text).text
+    or `text` unchanged when nothing maps (`language.rewrite(text).reason` says why). Each
+    part of a composed prompt ("A AND B :0.5") is rewritten on its own, its weight kept."""
+    language = language or ShapesLanguage()
+    parts = parse_composition(_check_text(text))
+    if len(parts) == 1:
+        return language.rewrite(text).text
+    return " AND ".join(language.rewrite(t).text + ("" if w == 1 else f" :{w:g}")
+                        for t, w in parts)
+
+
+def language_for(pipe: Any) -> CaptionLanguage:
+    """The caption language of a loaded `Pipeline`: ShapesWorld's for a model trained on it;
+    another model's caption set plugs in as `CaptionSet(captions)`."""
+    if getattr(pipe.info, "name", None) == "shapes":
+        return ShapesLanguage()
+    raise KuosanError(f"prompt enhancement knows the ShapesWorld caption language, but "
+                      f"'{pipe.name}' was trained on {pipe.info.name!r}: pass "
+                      f"language=CaptionSet(its captions)")
 
 
 def _unchanged(text: str, reason: str) -> Rewrite:

@@ -21,6 +21,10 @@ others whose coefficients do not depend on the condition, and the guidance weigh
 sum to 1, so guiding then converting equals converting then guiding (EDM2's
 ``ref_Dx.lerp(Dx, guidance)`` on the denoiser D(x; σ) is the same thing).
 
+Guidance wraps the model, not the denoiser (:mod:`kuosan.samplers.denoiser`): the combination
+needs no conversion, and combining the model's own outputs, before the denoiser turns them into
+x̂_0 (and clips it, where asked), keeps every image what it was bit for bit.
+
 Composed prompts ("A AND B :0.5", Composable Diffusion, Liu et al. 2022) sum the parts'
 guidance directions, out = out_u + s·Σ_k w_k·(out_k − out_u) (:func:`composed_cfg_model`,
 prompts split by :func:`parse_composition`); its weights on the K + 1 outputs sum to 1 as well.

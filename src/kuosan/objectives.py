@@ -11,7 +11,7 @@ regress the model output on its target (ε, x_0 or v) with a per-timestep weight
 On the x_0 error, "uniform" weighs snr (ε), 1 (x_0) and snr + 1 (v). The ε target and min_snr
 therefore put almost no weight (snr → 0) on the noisiest steps, where a caption decides *where*
 things go: shapes-32 trained that way ignored position words, and learnt them only with the v target
-and more of the noisiest steps drawn (`TrainConfig.high_noise`; docs/shapes-32.md).
+and more of the noisiest steps drawn (`TrainConfig.optim.high_noise`; docs/shapes-32.md).
 
 The variational bound (Ho et al. 2020, eq. 5; Sohl-Dickstein et al. 2015):
 

@@ -74,7 +74,7 @@ class Pipeline:
         config = load_config(path)
         try:
             if config.get("text_encoder"):
-                from .conditional import build_text_conditioned
+                from .models.conditional import build_text_conditioned
 
                 model = build_text_conditioned(config["model"]["config"], config["text_encoder"])
             else:

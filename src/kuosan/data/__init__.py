@@ -40,7 +40,7 @@ __all__ = [
     "normalize",
 ]
 
-DATASET_NAMES = ("digits", "shapes", *TOY_NAMES)
+DATASET_NAMES = ("digits", "shapes", "emoji", *TOY_NAMES)
 SHAPES_ITEMS = 20_000  # ShapesWorld images drawn (with their captions) for `load_dataset("shapes")`
 DEFAULT_FOLDER_SIZE = 32
 IMAGE_NORMALIZATION = {"type": "image", "range": [-1, 1]}
@@ -194,6 +194,7 @@ def load_dataset(
     skip_bad: bool = False,
     seed: int = 0,
     shapes_mix: dict[str, float] | None = None,
+    styles: tuple[str, ...] | None = None,
 ) -> ArrayDataset:
     """Load a dataset by name or folder path, all into memory.
 
@@ -203,6 +204,9 @@ def load_dataset(
       128, default 32) drawn with `seed`, held-out compositions excluded, captions in `.captions`;
       `shapes_mix` weighs the caption kinds (e.g. {"pair": 0.6, "single": 0.2, "count": 0.2};
       default `kuosan.data.shapes.KIND_WEIGHTS`);
+    - "emoji": real emoji pictures (docs/emoji.md; RGB, `size` 16..128, default 32) in `styles`
+      (default flat + glossy), held-out pairs excluded, three captions per picture in
+      `.captions`; built from the installed sources once, then read from the cache;
     - "moons", "swissroll", "gaussians": 20,000 2-D points drawn with `seed`, standardised
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized
@@ -216,11 +220,22 @@ def load_dataset(
     _check_channels(channels)
     if shapes_mix is not None and spec != "shapes":
         raise KuosanError(f"a caption-kind mix (--shapes-mix) applies to the shapes data, not to '{spec}'")
+    if styles is not None and spec != "emoji":
+        raise KuosanError(f"emoji styles apply to the emoji data, not to '{spec}'")
     if spec == "digits":
         images, labels = load_digits(size if size is not None else DIGITS_SIZE)
         if channels == 3:
             images = images.repeat(1, 3, 1, 1)
         return _image_dataset("digits", images, labels=labels)
+    if spec == "emoji":
+        from kuosan.data.emoji import DEFAULT_STYLES, build_emoji
+
+        if channels == 1:
+            raise KuosanError("emoji pictures are RGB: channels=1 does not apply")
+        items, captions, _ = build_emoji(size or 32, styles or DEFAULT_STYLES)
+        ds = _image_dataset("emoji", items)
+        ds.captions = captions
+        return ds
     if spec in TOY_NAMES:
         for flag, value in (("size", size), ("channels", channels)):
             if value is not None:
@@ -252,7 +267,7 @@ def load_dataset(
         if _looks_like_path(spec):
             raise KuosanError(f"dataset folder '{spec}' does not exist")
         raise KuosanError(
-            f"unknown dataset '{spec}': expected digits, shapes, moons, swissroll, gaussians "
+            f"unknown dataset '{spec}': expected digits, shapes, emoji, moons, swissroll, gaussians "
             "or a folder of images"
         )
     items, paths = load_image_folder(
