@@ -1,25 +1,41 @@
-"""The ``kuosan`` command: parse flags → build a config → one library call.
+"""The ``kuosan`` command: parse flags → one library call → write files.
 
 A user's mistake (``KuosanError``) prints one line, ``kuosan: error: …``, and exits with
-status 2; argparse does the same for bad flags.
+status 2; argparse does the same for bad flags. A request past a limit
+(:mod:`kuosan.limits`) is refused before any work, naming the flag and the limit;
+``--no-limits`` lifts them. Ctrl-C during a long run keeps the images written so far, says how
+many, and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
 
 from . import __version__
+from .checkpoint import MODEL, export_checkpoint, load_config
+from .data.folder import DECODE_ERRORS, describe_decode_error
 from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
-
-if TYPE_CHECKING:
-    import torch
 from .errors import KuosanError
+from .images import from_pil, make_grid, save_grid, save_png, to_pil
+from .limits import SIDES, LimitError, Limits
+from .metadata import png_text, read_parameters
+from .metrics.nll import nll_bound
+from .models import UNET_PRESETS
+from .pipeline import Pipeline
+from .request import Request
+from .result import Result
+from .samplers import SAMPLERS, SPACINGS, model_evaluations
+from .train import RESUMABLE, TrainConfig, points_image, train
+from .web import WebApp, make_server
 
 
 def _number(kind: type, minimum: float, strict: bool, what: str):
@@ -42,6 +58,18 @@ non_negative_int = _number(int, 0, False, "an integer >= 0")
 positive_float = _number(float, 0.0, True, "a positive number")
 non_negative_float = _number(float, 0.0, False, "a number >= 0")
 
+NO_LIMITS_HELP = ("lift the limits on one call's work (images, steps, resampling, canvas and "
+                  "border pixels, prompt length; see kuosan.limits), e.g. for -n over 10,000")
+# what the limits are called here (kuosan.limits.LimitError.named)
+LIMIT_FLAGS = {"images": "-n", "steps": "--steps", "resample": "--resample", "pixels": "IMAGE",
+               "prompt": "PROMPT", "negative_prompt": "--negative",
+               **{s: f"--{s}" for s in SIDES}, "lift": "--no-limits lifts it"}
+OUTPAINT_CANVAS = {"pixels": "IMAGE with --left/--top/--right/--bottom"}
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    return Limits.none() if args.no_limits else Limits()
+
 
 # ---- train -------------------------------------------------------------------------------------
 
@@ -59,7 +87,7 @@ def kind_mix(text: str) -> dict[str, float]:
     return out
 
 
-# flag dest → TrainConfig field
+# flag dest → TrainConfig field (what a resumed run may change: kuosan.train.RESUMABLE)
 TRAIN_FLAGS = {
     "data": "data", "shapes_mix": "shapes_mix", "size": "size", "channels": "channels",
     "preset": "model", "steps": "steps",
@@ -74,14 +102,9 @@ TRAIN_FLAGS = {
     "word_skip": "word_skip", "init_from": "init_from",
     "new_text_encoder": "new_text_encoder",
 }
-# what a resumed run may change; everything else comes from the checkpoint
-RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from .models import UNET_PRESETS
-    from .train import TrainConfig
-
     d = argparse.Namespace(**TrainConfig().to_flat())  # the defaults, by flag name
     p = sub.add_parser(
         "train", help="train a model on a dataset",
@@ -163,9 +186,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_config
-    from .train import TrainConfig, train
-
     if args.resume and (args.out / "config.json").exists():
         stored = load_config(args.out).get("train", {})
         base = TrainConfig.from_dict(stored)  # nested, or flat from runs before the groups
@@ -195,18 +215,20 @@ def _typed_flags(argv: list[str]) -> set[str]:
 
 
 def add_sample(sub: argparse._SubParsersAction) -> None:
-    from .samplers import SAMPLERS, SPACINGS
-
     p = sub.add_parser(
         "sample", help="draw samples from a trained model",
         description="Draw samples from a checkpoint folder. OUT ending in .png is one grid; any "
-                    "other OUT is a folder with one PNG per sample (0000.png, …) at the model's "
-                    "resolution and channel count. Models of 2-D points write a scatter image "
-                    "(.png) or the points (.csv).",
+                    "other OUT is a folder with one PNG per sample (0000.png, …, written as each "
+                    "batch finishes) at the model's resolution and channel count. Models of 2-D "
+                    "points write a scatter image (.png) or the points (.csv). By default the "
+                    "model's own fast sampler with 20 steps; --sampler ddpm runs DDPM's full "
+                    "chain (T steps, usually 1,000).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="checkpoint folder (from kuosan train)")
     p.add_argument("-n", "--num", type=positive_int, default=16, help="number of samples")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="default: the model's (config.json, else dpmpp_2m); ddpm: DDPM's ancestral "
+                        "sampler over all T steps")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="denoising steps (default: T for ddpm, 20 for the others; heun evaluates "
                         "the model 2·steps − 1 times)")
@@ -220,176 +242,89 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .images import save_grid, save_images, save_png, to_pil
-    from .pipeline import Pipeline
-    from .train import points_image
-
     out: Path = args.out
-    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
+    limits = _limits(args)
+    limits.check(images=args.num, steps=args.steps)  # what the flags decide, before loading
+    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device, limits=limits)
+    vector = pipe.info.kind == "vector"
     suffix = out.suffix.lower()
-    allowed = (".png", ".csv") if pipe.info.kind == "vector" else (".png", "")
-    if suffix not in allowed:
+    if suffix not in ((".png", ".csv") if vector else (".png", "")):
         raise KuosanError(f"--out '{out}': use a .png file for a grid or a folder name without a suffix"
-                          + (" (or .csv for points)" if pipe.info.kind == "vector" else ""))
-    from .samplers import model_evaluations
-
-    steps = args.steps or (pipe.schedule.T if args.sampler == "ddpm" else 20)
+                          + (" (or .csv for points)" if vector else ""))
+    sampler = args.sampler or pipe.default_sampler
+    steps = args.steps or (pipe.schedule.T if sampler == "ddpm" else 20)
     extra = {k: v for k, v in (("eta", args.eta), ("spacing", args.spacing)) if v is not None}
-    x = pipe.sample(args.num, sampler=args.sampler, num_inference_steps=steps, seed=args.seed,
-                    batch_size=args.batch, progress=not args.no_progress, **extra)
-    if pipe.info.kind == "vector":
-        out.parent.mkdir(parents=True, exist_ok=True)
+    batches = pipe.sample_batches(args.num, sampler=sampler, num_inference_steps=steps,
+                                  seed=args.seed, batch_size=args.batch,
+                                  progress=not args.no_progress, **extra)
+    made: list[torch.Tensor] = []
+
+    def write(x: torch.Tensor, start: int) -> None:
+        if suffix:  # one file of all: written at the end
+            made.append(x)
+        else:
+            for i, img in enumerate(pipe.to_images(x)):
+                save_png(img, out / f"{start + i:04d}.png")
+
+    def finish() -> None:
+        if not made:
+            return
+        x = torch.cat(made)
         if suffix == ".csv":
+            out.parent.mkdir(parents=True, exist_ok=True)
             np.savetxt(out, pipe.to_data(x).numpy(), delimiter=",")
-        else:
+        elif vector:
             save_png(to_pil(points_image(x)), out)
-    elif suffix == ".png":
-        save_grid(x, out, upscale=max(1, 64 // pipe.info.shape[-1]))
-    else:
-        save_images(x, out)
-    print(f"kuosan: wrote {args.num} samples ({args.sampler}, {steps} steps, "
-          f"{model_evaluations(args.sampler, steps)} model evaluations each) to {out}")
-    return 0
-
-
-# ---- generate ----------------------------------------------------------------------------------
-
-GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "sampler", "steps", "guidance", "model",
-                   "model_hash", "kuosan_version")
-
-
-def add_generate(sub: argparse._SubParsersAction) -> None:
-    from .samplers import SAMPLERS
-
-    p = sub.add_parser(
-        "generate", help="text to image",
-        description="Generate images for a caption with a text-to-image checkpoint. OUT ending in "
-                    ".png is one grid (the image itself when -n 1); any other OUT is a folder of "
-                    "0000.png, … (image i seeded seed + i). Every PNG carries its generation parameters (a 'parameters' "
-                    "line and a 'kuosan' JSON chunk); --from-png IMAGE reproduces it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("prompt", nargs="?", default=None,
-                   help='the caption; "A AND B :0.5" composes captions (each part guided with '
-                        'its weight, default 1; a negative weight guides away from it)')
-    _common_generation_flags(p, SAMPLERS)
-    p.set_defaults(model=None)  # None: the bundled model, or the one --from-png names
-    p.add_argument("--from-png", type=Path, default=None,
-                   help="take prompt, seed, sampler, steps, guidance and model from a kuosan PNG")
-    p.set_defaults(func=run_generate)
-
-
-def _params_from_png(path: Path) -> dict:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            text = dict(getattr(img, "text", {}))
-    except (OSError, UnidentifiedImageError) as err:
-        raise KuosanError(f"--from-png: cannot read '{path}': {err}") from None
-    if "kuosan" not in text:
-        raise KuosanError(f"--from-png: '{path}' carries no kuosan generation parameters")
-    try:
-        params = json.loads(text["kuosan"])
-    except json.JSONDecodeError as err:
-        raise KuosanError(f"--from-png: '{path}' has a damaged kuosan chunk: {err}") from None
-    missing = [k for k in ("prompt", "seed", "sampler", "steps", "guidance", "model")
-               if not isinstance(params, dict) or k not in params]
-    if missing:
-        raise KuosanError(f"--from-png: the kuosan chunk of '{path}' lacks {', '.join(missing)}")
-    return params
-
-
-DEFAULT_MODEL = "shapes-32"  # the bundled ShapesWorld text-to-image model
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
-
-    if args.from_png is not None:
-        params = _params_from_png(args.from_png)
-        if params.get("command", "generate") != "generate":
-            raise KuosanError(f"--from-png: '{args.from_png}' was made by `kuosan {params['command']}`, "
-                              f"not by `kuosan generate`; its parameters are in its metadata")
-        args.prompt = params["prompt"]
-        args.negative = params.get("negative_prompt")
-        args.seed, args.sampler = params["seed"], params["sampler"]
-        args.steps, args.guidance = params["steps"], params["guidance"]
-        args.num = params.get("num", 1)
-        args.model = args.model or params["model"]
-    if args.prompt is None:
-        raise KuosanError("give a prompt (or --from-png IMAGE)")
-    args.model = args.model or DEFAULT_MODEL
-    _check_out(args.out)
-    pipe = Pipeline.load(args.model, device=args.device)
-    args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
-    args.sampler = args.sampler or pipe.default_sampler
-    images = pipe.generate(args.prompt, num_images_per_prompt=args.num, num_inference_steps=args.steps,
-                           guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler,
-                           negative_prompt=args.negative)
-    _write_images(images, args, pipe, {"command": "generate"})
-    print(f"kuosan: wrote {len(images)} image(s) for {args.prompt!r} to {args.out}")
-    return 0
-
-
-def _check_out(out: Path) -> None:
-    if out.suffix and out.suffix.lower() != ".png":
-        raise KuosanError(f"--out '{out}': use a .png file or a folder name without a suffix")
-
-
-def _write_images(images: list, args: argparse.Namespace, pipe, extra: dict) -> None:
-    """OUT.png: the image (or a grid of all); a folder: 0000.png, … (image i seeded seed + i);
-    every PNG carries its parameters (an A1111-style 'parameters' line and a 'kuosan' JSON chunk)."""
-    from .checkpoint import weights_digest
-    from .images import generation_metadata, save_png
-
-    digest = weights_digest(pipe.path)
-
-    def metadata(seed: int, num: int, size: tuple[int, int]) -> dict[str, str]:
-        return generation_metadata(
-            {"prompt": args.prompt or "", "negative_prompt": args.negative, "seed": seed, "num": num,
-             "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
-             "model": str(args.model), "model_hash": digest, "kuosan_version": __version__, **extra},
-            size)
-
-    out: Path = args.out
-    try:
-        if out.suffix:  # one file: the image, or a grid of all of them
-            import torch
-
-            from .images import from_pil, make_grid, to_pil
-
-            img = images[0] if len(images) == 1 else to_pil(make_grid(torch.stack([from_pil(i) for i in images])))
-            save_png(img, out, metadata(args.seed, len(images), images[0].size))
         else:
-            for i, img in enumerate(images):
-                save_png(img, out / f"{i:04d}.png", metadata(args.seed + i, 1, img.size))
+            save_grid(x, out, upscale=max(1, 64 // pipe.info.shape[-1]))
+
+    status = _write_as_it_goes(batches, args.num, out, write, finish)
+    if status == 0:
+        print(f"kuosan: wrote {args.num} samples ({sampler}, {steps} steps, "
+              f"{model_evaluations(sampler, steps)} model evaluations each) to {out}")
+    return status
+
+
+def _write_as_it_goes(batches: Iterable, total: int, out: Path,
+                      write: Callable[[object, int], None], finish: Callable[[], None]) -> int:
+    """``write(batch, start)`` each batch as it comes (a line of progress after each when there
+    are several), then ``finish()``. Ctrl-C stops it: ``finish()`` writes what was made, a line
+    says how much, and the status is 130 (as a shell reports SIGINT)."""
+    done, tty = 0, sys.stderr.isatty()
+    try:
+        for batch in batches:
+            write(batch, done)
+            done += len(batch)
+            if done < total or tty:
+                print(f"kuosan: {done:,} of {total:,} images", file=sys.stderr, flush=True,
+                      end="\r" if tty and done < total else "\n")
+        finish()
+        return 0
+    except KeyboardInterrupt:
+        finish()
+        print(f"\nkuosan: interrupted: {done:,} of {total:,} images written to {out}",
+              file=sys.stderr, flush=True)
+        return 130
     except OSError as err:
         raise KuosanError(f"--out '{out}': cannot write there ({err.strerror or err})") from None
 
 
-# ---- editing: inpaint, outpaint, vary, img2img ---------------------------------------------------
+# ---- generate and the edits: inpaint, outpaint, vary, img2img ------------------------------------
+
+DEFAULT_MODEL = "shapes-32"  # the bundled ShapesWorld text-to-image model
+# the one table of tasks: command → the flags (of the same name) that become its Request fields
+TASK_FLAGS = {
+    "generate": (), "inpaint": ("resample", "feather"), "outpaint": (*SIDES, "resample"),
+    "vary": ("strength",), "img2img": ("strength",),
+}
 
 
-def _edit_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
-                 prompt_help: str) -> argparse.ArgumentParser:
-    from .samplers import SAMPLERS
-
-    p = sub.add_parser(name, help=help, description=description + " OUT as in `kuosan generate`: "
-                       "a .png file (a grid when -n > 1) or a folder; every PNG carries its parameters.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("image", type=Path, help="the image to edit")
-    p.add_argument("prompt", nargs="?", default="", help=prompt_help)
-    _common_generation_flags(p, SAMPLERS)
-    return p
-
-
-def _common_generation_flags(p: argparse.ArgumentParser, samplers: tuple[str, ...]) -> None:
+def _common_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint folder, or a bundled model's name")
     p.add_argument("-n", "--num", type=positive_int, default=1, help="images")
@@ -397,11 +332,45 @@ def _common_generation_flags(p: argparse.ArgumentParser, samplers: tuple[str, ..
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (1 = off; default: the model's)")
     p.add_argument("--negative", default=None, help="negative prompt")
-    p.add_argument("--sampler", choices=samplers, default=None,
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="default: the model's (ddpm when resampling)")
     p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
-    p.add_argument("--out", type=Path, default=Path("out.png"), help="a .png file, or a folder")
+    p.add_argument("--out", type=Path, default=Path("out.png"),
+                   help="a .png file, or a folder (written as each batch finishes)")
+    p.add_argument("--batch", type=positive_int, default=16,
+                   help="images per batch (the same images whatever the batch)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
+    p.set_defaults(func=run_task)
+
+
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="text to image",
+        description="Generate images for a caption with a text-to-image checkpoint. OUT ending in "
+                    ".png is one grid (the image itself when -n 1); any other OUT is a folder of "
+                    "0000.png, … (image i seeded seed + i), written as each batch finishes, so "
+                    "Ctrl-C keeps what was made. Every PNG carries its generation parameters (a "
+                    "'parameters' line and a 'kuosan' JSON chunk); --from-png IMAGE reproduces it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("prompt", nargs="?", default=None,
+                   help='the caption; "A AND B :0.5" composes captions (each part guided with '
+                        'its weight, default 1; a negative weight guides away from it)')
+    _common_generation_flags(p)
+    p.set_defaults(model=None)  # None: the bundled model, or the one --from-png names
+    p.add_argument("--from-png", type=Path, default=None,
+                   help="take prompt, seed, sampler, steps, guidance and model from a kuosan PNG")
+
+
+def _edit_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+                 prompt_help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description + " OUT as in `kuosan generate`: "
+                       "a .png file (a grid when -n > 1) or a folder; every PNG carries its parameters.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("image", type=Path, help="the image to edit")
+    p.add_argument("prompt", nargs="?", default="", help=prompt_help)
+    _common_generation_flags(p)
+    return p
 
 
 def add_edit(sub: argparse._SubParsersAction) -> None:
@@ -416,18 +385,16 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
                         "ddim); default 5 with ddpm, 1 when a multistep --sampler is named")
     p.add_argument("--feather", type=non_negative_float, default=0.0,
                    help="blend the seam over this many pixels inside the mask")
-    p.set_defaults(func=run_edit)
 
     p = _edit_parser(sub, "outpaint", "extend an image beyond its borders",
-                     "Extend IMAGE by --left/--top/--right/--bottom pixels (any amount: the new "
-                     "border is painted window by window, each seeing at least half a window of known "
-                     "pixels where it can). "
+                     "Extend IMAGE by --left/--top/--right/--bottom pixels (up to 512 a side unless "
+                     "--no-limits: the new border is painted window by window, each seeing at least "
+                     "half a window of known pixels where it can). "
                      "The original pixels are kept exactly.", "caption for the extended image")
-    for side in ("left", "top", "right", "bottom"):
+    for side in SIDES:
         p.add_argument(f"--{side}", type=non_negative_int, default=0, help=f"pixels to add on the {side}")
     p.add_argument("--resample", type=positive_int, default=1,
                    help="RePaint resampling: take each step this many times (with --sampler ddpm or ddim)")
-    p.set_defaults(func=run_edit)
 
     for name, strength, what in (("vary", VARY_STRENGTH, "variations of an image"),
                                  ("img2img", IMG2IMG_STRENGTH, "redraw an image towards a caption")):
@@ -437,15 +404,26 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
                                                ": the same composition, other details."),
                          "caption to guide towards" + (" (optional)" if name == "vary" else ""))
         p.add_argument("--strength", type=float, default=strength, help="how far to noise the image, 0..1")
-        p.set_defaults(func=run_edit)
     sub.choices["vary"].set_defaults(num=4)
 
 
-def _open_image(path: Path, flag: str):
-    from PIL import Image
+def _from_png(args: argparse.Namespace) -> None:
+    """--from-png: the prompt, seed, sampler, steps, guidance, count and model of a kuosan PNG."""
+    try:
+        params = read_parameters(args.from_png)
+    except KuosanError as err:
+        raise KuosanError(f"--from-png: {err}") from None
+    if params.get("command", "generate") != "generate":
+        raise KuosanError(f"--from-png: '{args.from_png}' was made by `kuosan {params['command']}`, "
+                          f"not by `kuosan generate`; its parameters are in its metadata")
+    args.prompt, args.negative = params["prompt"], params.get("negative_prompt")
+    args.seed, args.sampler = params["seed"], params["sampler"]
+    args.steps, args.guidance = params["steps"], params["guidance"]
+    args.num = params.get("num", 1)
+    args.model = args.model or params["model"]
 
-    from .data.folder import DECODE_ERRORS, describe_decode_error
 
+def _open_image(path: Path, flag: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
@@ -456,41 +434,66 @@ def _open_image(path: Path, flag: str):
         raise KuosanError(f"{flag} '{path}': not a readable image ({describe_decode_error(err)})") from None
 
 
-def run_edit(args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
+def run_task(args: argparse.Namespace) -> int:
+    """generate, inpaint, outpaint, vary, img2img: flags → a Request → its batches → PNGs."""
+    task, out = args.command, args.out
+    if task == "generate":
+        if args.from_png is not None:
+            _from_png(args)
+        if args.prompt is None:
+            raise KuosanError("give a prompt (or --from-png IMAGE)")
+        args.model = args.model or DEFAULT_MODEL
+    if out.suffix and out.suffix.lower() != ".png":
+        raise KuosanError(f"--out '{out}': use a .png file or a folder name without a suffix")
+    own = {flag: getattr(args, flag) for flag in TASK_FLAGS[task]}
+    limits = _limits(args)
+    limits.check(images=args.num, steps=args.steps, resample=own.get("resample") or 1,
+                 borders={s: own[s] for s in SIDES if s in own}, prompts=[args.prompt],
+                 negative_prompt=args.negative)  # what the flags decide, before any loading
+    inputs: dict[str, object] = {}
+    if task != "generate":
+        for flag, source in (("IMAGE", args.image), ("--mask", getattr(args, "mask", None))):
+            if source is not None and out.suffix and out.resolve() == source.resolve():
+                raise KuosanError(f"--out '{out}' is the {flag} file itself: choose another --out "
+                                  f"(kuosan never writes over its input)")
+        inputs = {"image": _open_image(args.image, "IMAGE")}
+        if task == "inpaint":
+            inputs["mask_image"] = _open_image(args.mask, "--mask")
+    pipe = Pipeline.load(args.model, device=args.device, limits=limits)
+    request = Request(task, args.prompt, args.negative, args.num, args.steps, args.guidance,
+                      args.seed, sampler=args.sampler, batch_size=args.batch, **inputs, **own)
+    files = {"image": str(args.image)} if task != "generate" else {}
+    if task == "inpaint":
+        files["mask"] = str(args.mask)
+    status = _write_results(pipe.batches(request), args.num, out, files)
+    if status == 0:
+        what = f"for {args.prompt!r}" if task == "generate" else f"({task} of '{args.image}')"
+        print(f"kuosan: wrote {args.num} image(s) {what} to {out}")
+    return status
 
-    _check_out(args.out)
-    for flag, source in (("IMAGE", args.image), ("--mask", getattr(args, "mask", None))):
-        if source is not None and args.out.suffix and args.out.resolve() == source.resolve():
-            raise KuosanError(f"--out '{args.out}' is the {flag} file itself: choose another --out "
-                              f"(kuosan never writes over its input)")
-    image = _open_image(args.image, "IMAGE")
-    mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
-    pipe = Pipeline.load(args.model, device=args.device)
-    args.guidance = pipe.default_guidance if args.guidance is None else args.guidance
-    if args.command in ("inpaint", "outpaint"):  # resolved here to go into the PNG's parameters
-        args.sampler, args.resample = pipe.inpaint_sampling(args.sampler, args.resample)
-    else:
-        args.sampler = args.sampler or pipe.default_sampler
-    common = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
-              "sampler": args.sampler, "negative_prompt": args.negative}
-    extra: dict = {"command": args.command, "image": str(args.image)}
-    if args.command == "inpaint":
-        extra.update(mask=str(args.mask), resample=args.resample, feather=args.feather)
-        images = pipe.inpaint(image, mask, args.prompt, num_images_per_prompt=args.num,
-                              resample=args.resample, feather=args.feather, **common)
-    elif args.command == "outpaint":
-        pads = {k: getattr(args, k) for k in ("left", "top", "right", "bottom")}
-        extra.update(pads, resample=args.resample)
-        images = pipe.outpaint(image, prompt=args.prompt, num_images_per_prompt=args.num,
-                               resample=args.resample, **pads, **common)
-    else:
-        extra["strength"] = args.strength
-        images = pipe.img2img(image, args.prompt, strength=args.strength,
-                              num_images_per_prompt=args.num, **common)
-    _write_images(images, args, pipe, extra)
-    print(f"kuosan: wrote {len(images)} image(s) ({args.command} of '{args.image}') to {args.out}")
-    return 0
+
+def _write_results(batches: Iterator[Result], total: int, out: Path, files: dict) -> int:
+    """OUT.png: the image (or a grid of all, written at the end); a folder: 0000.png, … (image i
+    seeded seed + i) as each batch finishes. Every PNG carries its parameters
+    (:func:`kuosan.metadata.png_text`, plus the input ``files``)."""
+    made: list[Result] = []
+
+    def write(part: Result, start: int) -> None:
+        if out.suffix:
+            made.append(part)
+        else:
+            for i, img in enumerate(part):
+                save_png(img, out / f"{start + i:04d}.png", png_text(part, i, files))
+
+    def finish() -> None:
+        if not made:
+            return
+        result = Result.join(made)
+        img = result[0] if len(result) == 1 else to_pil(
+            make_grid(torch.stack([from_pil(i) for i in result])))
+        save_png(img, out, png_text(result, 0 if len(result) == 1 else None, files))
+
+    return _write_as_it_goes(batches, total, out, write, finish)
 
 
 # ---- eval --------------------------------------------------------------------------------------
@@ -502,7 +505,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint. --nll computes the variational bound on the model's "
                     "training data (or --data): bits/dim for images (8-bit, discretised decoder), "
                     "nats/dim in model space for vectors. A text model is scored given each "
-                    "image's caption (--empty-captions: given the empty caption).",
+                    "image's caption (--empty-captions: given the empty caption). "
+                    "Python: kuosan.metrics.nll.nll_bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", type=Path, help="checkpoint folder")
     p.add_argument("--nll", action="store_true", help="negative log-likelihood bound")
@@ -530,101 +534,38 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from .data import load_dataset
-    from .objectives import variational_bound
-    from .pipeline import Pipeline
-
     if not args.nll:
         raise KuosanError("say what to evaluate: --nll")
-    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
-    train_cfg = pipe.config.get("train", {})
-    spec = args.data or train_cfg.get("data")
-    if spec is None:
-        raise KuosanError(f"'{args.model}' does not name its training data: pass --data")
-    shape, image = tuple(pipe.info.shape), pipe.info.kind == "image"
-    data_seed = train_cfg.get("seed", 0) if args.data_seed is None else args.data_seed
-    ds = load_dataset(spec, size=shape[-1] if image else None, channels=shape[0] if image else None,
-                      seed=data_seed)
-    if tuple(ds.info.shape) != shape:
-        raise KuosanError(f"data '{spec}' has items of shape {ds.info.shape}, the model expects {shape}")
-    text = pipe.is_text_conditioned
-    if text and ds.captions is None:
-        raise KuosanError(f"'{args.model}' is a text model and data '{spec}' has no captions")
-    for flag, asked in (("--empty-captions", args.empty_captions), ("--caption-gain", args.caption_gain)):
-        if asked and not text:
-            raise KuosanError(f"{flag} applies to text models, and '{args.model}' is not one")
     if args.empty_captions and args.caption_gain:
         raise KuosanError("--caption-gain scores both the own and the empty captions: "
                           "leave out --empty-captions")
-    g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(ds), generator=g)[: args.examples]
-    passes = ("own", "empty") if args.caption_gain else ("empty" if args.empty_captions else "own",)
-    bounds: dict[str, list] = {name: [] for name in passes}
-    for start in range(0, len(idx), args.batch):
-        batch = idx[start:start + args.batch]
-        x0 = ds.batch(batch).to(pipe.device)
-        if image:  # the discretised decoder scores the 8-bit grid
-            x0 = torch.round((x0 + 1) * 127.5) / 127.5 - 1
-        state = g.get_state()
-        for name in passes:  # every pass draws the same t and noise (paired)
-            g.set_state(state)
-            model = pipe.model
-            if text:  # each image's caption (or the empty one), encoded once for all timesteps
-                captions = ["" if name == "empty" else ds.captions[i] for i in batch.tolist()]
-                with torch.no_grad():
-                    cond = pipe.model.encode(captions)
-                model = functools.partial(pipe.model, **cond)
-            bounds[name].append(variational_bound(
-                model, x0, pipe.schedule, prediction=pipe.prediction,
-                decoder="discretized" if image else "gaussian", clip_x0=image,
-                timesteps=args.timesteps, generator=g, progress=not args.no_progress))
-    dims = math.prod(shape)
-    scale = dims * (math.log(2) if image else 1.0)
-    per_dim = {name: {k: torch.cat([getattr(b, k) for b in bs]).cpu() / scale
-                      for k in ("prior", "diffusion", "decoder", "total")} for name, bs in bounds.items()}
-    unit = "bits/dim" if image else "nats/dim"
-    first = per_dim[passes[0]]
-    total = first["total"]
-    result = {
-        "model": str(args.model), "data": spec, "examples": len(idx), "unit": unit,
-        "data_seed": data_seed,
-        "nll": total.mean().item(), "stderr": _stderr(total),
-        "terms": {k: first[k].mean().item() for k in ("prior", "diffusion", "decoder")},
-        "timesteps": args.timesteps or pipe.schedule.T - 1,
-        **({"captions": passes[0]} if text else {}),
-    }
-    if args.caption_gain:  # empty − own, per image: what its caption is worth
-        gain = per_dim["empty"]["total"] - total
-        result.update({"nll_empty": per_dim["empty"]["total"].mean().item(),
-                       "stderr_empty": _stderr(per_dim["empty"]["total"]),
-                       "caption_gain": gain.mean().item(), "caption_gain_stderr": _stderr(gain)})
+    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
+    for flag, asked in (("--empty-captions", args.empty_captions), ("--caption-gain", args.caption_gain)):
+        if asked and not pipe.is_text_conditioned:
+            raise KuosanError(f"{flag} applies to text models, and '{args.model}' is not one")
+    captions = "gain" if args.caption_gain else "empty" if args.empty_captions else "own"
+    result = nll_bound(pipe, data=args.data, data_seed=args.data_seed, examples=args.examples,
+                       timesteps=args.timesteps, batch_size=args.batch, captions=captions,
+                       seed=args.seed, progress=not args.no_progress)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        t = result["terms"]
-        print(f"NLL bound: {result['nll']:.4f} ± {result['stderr']:.4f} {unit} on {len(idx)} examples of "
-              f"{spec} (prior {t['prior']:.4f}, diffusion {t['diffusion']:.4f}, decoder {t['decoder']:.4f})"
-              + (f", given {result['captions']} captions" if text else ""))
-        if args.caption_gain:
-            print(f"given the empty caption: {result['nll_empty']:.4f} ± {result['stderr_empty']:.4f} "
-                  f"{unit}; the caption is worth {result['caption_gain']:.4f} ± "
-                  f"{result['caption_gain_stderr']:.4f} {unit} (paired: the same t and noise)")
+        return 0
+    t, unit = result["terms"], result["unit"]
+    print(f"NLL bound: {result['nll']:.4f} ± {result['stderr']:.4f} {unit} on {result['examples']} "
+          f"examples of {result['data']} (prior {t['prior']:.4f}, diffusion {t['diffusion']:.4f}, "
+          f"decoder {t['decoder']:.4f})"
+          + (f", given {result['captions']} captions" if "captions" in result else ""))
+    if args.caption_gain:
+        print(f"given the empty caption: {result['nll_empty']:.4f} ± {result['stderr_empty']:.4f} "
+              f"{unit}; the caption is worth {result['caption_gain']:.4f} ± "
+              f"{result['caption_gain_stderr']:.4f} {unit} (paired: the same t and noise)")
     return 0
-
-
-def _stderr(values: torch.Tensor) -> float:
-    """The standard error of the mean of ``values``: std / √n."""
-    return (values.std() / math.sqrt(len(values))).item()
 
 
 # ---- export ------------------------------------------------------------------------------------
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
-    from .samplers import SAMPLERS
-
     p = sub.add_parser(
         "export", help="a slim checkpoint for sampling (EMA weights, fp16)",
         description="Write a slim inference checkpoint of a training run: config.json and one "
@@ -645,8 +586,6 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .checkpoint import MODEL, export_checkpoint
-
     sampling = {k: v for k, v in (("guidance", args.guidance), ("sampler", args.sampler))
                 if v is not None}
     out = export_checkpoint(args.model, args.out, weights=args.weights, half=not args.fp32,
@@ -670,14 +609,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=non_negative_int, default=7860, help="port (0: any free one)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
-    from .web import WebApp, make_server
-
-    pipe = Pipeline.load(args.model, device=args.device)
+    pipe = Pipeline.load(args.model, device=args.device, limits=_limits(args))
     server = make_server(WebApp(pipe, str(args.model)), args.host, args.port)
     host, port = server.server_address[:2]
     print(f"kuosan: serving '{args.model}' at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
@@ -698,13 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kuosan", description="kuosan (扩散): diffusion models — train, sample, evaluate.")
     parser.add_argument("--version", action="version", version=f"kuosan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train(sub)
-    add_sample(sub)
-    add_generate(sub)
-    add_edit(sub)
-    add_eval(sub)
-    add_export(sub)
-    add_serve(sub)
+    for add in (add_train, add_sample, add_generate, add_edit, add_eval, add_export, add_serve):
+        add(sub)
     return parser
 
 
@@ -722,6 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     args._argv = argv
     try:
         return args.func(args)
+    except LimitError as err:
+        names = {**LIMIT_FLAGS, **(OUTPAINT_CANVAS if args.command == "outpaint" else {})}
+        print(f"kuosan: error: {err.named(names)}", file=sys.stderr)
+        return 2
     except KuosanError as err:
         print(f"kuosan: error: {err}", file=sys.stderr)
         return 2

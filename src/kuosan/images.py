@@ -10,10 +10,10 @@ into place (`os.replace`), so a crash never leaves a half-written image where a 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 
 from kuosan.errors import KuosanError
+from kuosan.metadata import parameters_text
 
 __all__ = [
     "from_pil",
@@ -160,23 +161,11 @@ def save_png(img: Image.Image, path: str | Path, text: dict[str, str] | None = N
     return _atomic_write(Path(path), lambda f: img.save(f, format="PNG", pnginfo=info))
 
 
-GENERATION_KEYS = ("prompt", "negative_prompt", "seed", "num", "sampler", "steps", "guidance",
-                   "model", "model_hash", "kuosan_version")
-
-
 def generation_metadata(params: dict, size: tuple[int, int]) -> dict[str, str]:
-    """PNG text chunks for a generated image: a "kuosan" JSON chunk holding ``params`` (the keys
-    of :data:`GENERATION_KEYS`, plus "command" and any edit settings) and an A1111-style
-    "parameters" line that other tools show; ``size`` is (W, H)."""
-    extra = {k: v for k, v in params.items() if k not in GENERATION_KEYS and k != "command"}
-    edit = "".join(f", {k.replace('_', ' ').capitalize()}: {v}" for k, v in extra.items())
-    num = params.get("num", 1)
-    line = (f"{params['prompt']}\nNegative prompt: {params.get('negative_prompt') or ''}\n"
-            f"Steps: {params['steps']}, Sampler: {params['sampler']}, CFG scale: {params['guidance']}, "
-            f"Seed: {params['seed']}, Size: {size[0]}x{size[1]}, Model hash: {params['model_hash']}, "
-            f"Model: {params['model']}{edit}, Version: kuosan {params['kuosan_version']}"
-            + (f", Batch: {num}" if num > 1 else ""))
-    return {"parameters": line, "kuosan": json.dumps(params)}
+    """Deprecated: moved to :func:`kuosan.metadata.parameters_text`."""
+    warnings.warn("kuosan.images.generation_metadata moved to kuosan.metadata.parameters_text",
+                  DeprecationWarning, stacklevel=2)
+    return parameters_text(params, size)
 
 
 def save_grid(

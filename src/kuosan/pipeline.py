@@ -1,19 +1,27 @@
-"""A trained model ready to use: load a checkpoint folder and sample from it.
+"""A trained model ready to use: load a checkpoint folder and make images with it.
 
 ```python
 from kuosan import Pipeline
-pipe = Pipeline.load("runs/digits")
-x = pipe.sample(16, sampler="ddpm", num_inference_steps=100, seed=0)   # (16, C, H, W) in model space
-images = pipe.to_images(x)                                              # list[PIL.Image]
+pipe = Pipeline.load("shapes-32")                     # a checkpoint folder or a bundled name
+result = pipe.generate("a red circle", num_images_per_prompt=4, seed=0)
+result[0].save("0.png"); result.seeds, result.sampler  # the images and what made them
+x = pipe.sample(16, sampler="ddpm", seed=0)           # (16, C, H, W) in model space
 ```
 
-Seeds: ``seed=k`` gives sample i its own generator seeded ``k + i``, for the initial noise and
-every later draw, so sample i is the same whatever the batch size.
+Every call returns a :class:`~kuosan.result.Result` (a sequence of PIL images, as the list it
+used to return, with the settings it ran with). :meth:`Pipeline.batches` makes the images of a
+:class:`~kuosan.request.Request` batch by batch, so a long call can be written as it goes and
+stopped without losing what was made. Every call is checked against ``pipe.limits``
+(:class:`~kuosan.limits.Limits`) before any work.
+
+Seeds: ``seed=k`` gives image i its own generator seeded ``k + i``, for the initial noise and
+every later draw, so image i is the same whatever the batch size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +35,7 @@ from .checkpoint import (  # noqa: F401 (BUNDLED, bundled_models: importable fro
     load_state_dict_strict,
     load_weights,
     resolve_model,
+    weights_digest,
 )
 from .data import DataInfo, denormalize
 from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
@@ -41,7 +50,10 @@ from .edit import (
 from .errors import KuosanError
 from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
+from .limits import SIDES, Limits, check_count
 from .models import build_model
+from .request import Request
+from .result import Result
 from .samplers import Generators, sample
 from .schedule import NoiseSchedule
 
@@ -57,21 +69,34 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 INPAINT_RESAMPLE = 5  # RePaint resamplings of Pipeline.inpaint by default (docs/editing.md)
+
+
 class Pipeline:
-    """A denoiser, its noise schedule and what its outputs mean."""
+    """A denoiser, its noise schedule, what its outputs mean, and the limits of one call.
+
+    ``source`` is what it was loaded as (a bundled model's name or a folder), ``digest`` its
+    weights' hash (:func:`kuosan.checkpoint.weights_digest`, once, at load): both go into every
+    :class:`~kuosan.result.Result` and PNG."""
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, prediction: str, info: DataInfo,
-                 config: dict, device: torch.device, name: str = "", path: Path | None = None) -> None:
+                 config: dict, device: torch.device, name: str = "", path: Path | None = None, *,
+                 limits: Limits | None = None, source: str | None = None,
+                 digest: str | None = None) -> None:
         self.model, self.schedule, self.prediction = model, schedule, prediction
         self.info, self.config, self.device, self.name = info, config, device, name
         self.path = path  # the checkpoint folder it was loaded from
+        self.limits = Limits() if limits is None else limits
+        self.source = source or name
+        self.digest = digest if digest is not None else (weights_digest(path) if path else "")
 
     @classmethod
-    def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto") -> Pipeline:
+    def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto",
+             limits: Limits | None = None) -> Pipeline:
         """Load a checkpoint folder, or a model bundled with the package by name
-        (``kuosan/bundled/NAME``); ``weights``: "ema" or "model"."""
-        path = resolve_model(path)
-        config = load_config(path)
+        (``kuosan/bundled/NAME``); ``weights``: "ema" or "model"; ``limits``: those of every
+        call (default :class:`~kuosan.limits.Limits`; ``Limits.none()`` lifts them)."""
+        folder = resolve_model(path)
+        config = load_config(folder)
         try:
             if config.get("text_encoder"):
                 from .models.conditional import build_text_conditioned
@@ -82,13 +107,13 @@ class Pipeline:
             schedule = NoiseSchedule.from_config(config["schedule"])
             info = DataInfo.from_dict(config["data"])
         except (KeyError, TypeError) as err:
-            raise KuosanError(f"'{path / 'config.json'}' is incomplete: missing {err}") from None
-        tensors, _ = load_weights(path, weights)
-        load_state_dict_strict(model, tensors, str(path))
+            raise KuosanError(f"'{folder / 'config.json'}' is incomplete: missing {err}") from None
+        tensors, _ = load_weights(folder, weights)
+        load_state_dict_strict(model, tensors, str(folder))
         dev = pick_device(device)
         model.to(dev).eval().requires_grad_(False)
-        return cls(model, schedule, config.get("prediction", "eps"), info, config, dev, name=path.name,
-                   path=path)
+        return cls(model, schedule, config.get("prediction", "eps"), info, config, dev,
+                   name=folder.name, path=folder, limits=limits, source=str(path))
 
     @property
     def is_text_conditioned(self) -> bool:
@@ -108,6 +133,12 @@ class Pipeline:
         """The checkpoint's sampler (config.json "sampling" → "sampler"), else "dpmpp_2m"; the
         one ``generate`` and the edits use when ``sampler`` is None."""
         return str(self.config.get("sampling", {}).get("sampler", "dpmpp_2m"))
+
+    @property
+    def item_pixels(self) -> int:
+        """Pixels of one output (H·W; the values of a vector): the unit of the work limit."""
+        shape = self.info.shape
+        return math.prod(shape[1:] if self.info.kind == "image" else shape)
 
     def conditioned(self, captions: Sequence[str], negative_prompt: str | None = None,
                     guidance_scale: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -135,37 +166,6 @@ class Pipeline:
         uncond = self.model.encode([negative_prompt or ""]) if scale != 1.0 else {}
         return cfg_model(self.model, self.model.encode(list(captions)), uncond, scale)
 
-    @torch.no_grad()
-    def generate(self, prompt: str | Sequence[str] = "", *, num_images_per_prompt: int = 1,
-                 num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
-                 sampler: str | None = None, negative_prompt: str | None = None,
-                 batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
-        """Images for a prompt (or a list of prompts), diffusers' argument names.
-
-        Classifier-free guidance with ``guidance_scale`` (1 = none; default: the checkpoint's,
-        :attr:`default_guidance`); the unconditional branch is the empty caption, or
-        ``negative_prompt``. Image i of the output (prompts in order, each repeated
-        ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
-        """
-        sampler = sampler or self.default_sampler
-        if not self.is_text_conditioned:
-            self.conditioned([prompt] if isinstance(prompt, str) else list(prompt), negative_prompt)
-            x = self.sample(num_images_per_prompt, sampler=sampler, num_inference_steps=num_inference_steps,
-                            seed=seed, batch_size=batch_size, progress=progress, **sampler_kwargs)
-            return self.to_images(x)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        _check_count("num_images_per_prompt", num_images_per_prompt)
-        captions = [p for p in prompts for _ in range(num_images_per_prompt)]
-        out = []
-        for start in range(0, len(captions), batch_size):
-            chunk = captions[start:start + batch_size]
-            model = self.conditioned(chunk, negative_prompt, guidance_scale)
-            out.append(self._sample_with(model, len(chunk), seed + start, sampler, num_inference_steps,
-                                         progress, sampler_kwargs))
-        return self.to_images(torch.cat(out))
-
-    # -- editing (kuosan.edit): inpaint, outpaint, vary, img2img --
-
     def inpaint_sampling(self, sampler: str | None, resample: int | None) -> tuple[str, int]:
         """(sampler, resample) an inpainting call runs with: ``resample`` None is
         :data:`INPAINT_RESAMPLE` unless a multistep ``sampler`` is named (then 1); ``sampler``
@@ -191,36 +191,33 @@ class Pipeline:
                               f"resize it first")
         return pil_to_uint8(image, c)
 
-    def _edit_batches(self, n: int, seed: int, generator: Generators, batch_size: int
-                      ) -> list[tuple[int, Generators]]:
-        """(batch size, generators) per batch: image i seeded seed + i, or the given generator
-        (one torch.Generator for all n in one batch, or a list of n, one per image)."""
-        _check_count("the number of images", n)
-        _check_count("batch_size", batch_size)
-        if generator is None:
-            return [(min(batch_size, n - s), [torch.Generator().manual_seed(seed + s + i)
-                                              for i in range(min(batch_size, n - s))])
-                    for s in range(0, n, batch_size)]
-        if isinstance(generator, torch.Generator):
-            return [(n, generator)]
-        if len(generator) != n:
-            raise KuosanError(f"{len(generator)} generators for {n} images")
-        return [(min(batch_size, n - s), list(generator[s:s + batch_size])) for s in range(0, n, batch_size)]
+    # -- the Python API: one method per task, each a Request run to the end --
 
-    def _sampling(self, sampler: str, steps: int, generator: Generators, progress: bool,
-                  extra: dict) -> dict:
-        return {"schedule": self.schedule, "prediction": self.prediction, "sampler": sampler,
-                "steps": steps, "generator": generator, "clip_x0": self.clip_x0,
-                "device": self.device, "progress": progress, **extra}
+    def generate(self, prompt: str | Sequence[str] = "", *, num_images_per_prompt: int = 1,
+                 num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
+                 generator: Generators = None, sampler: str | None = None,
+                 negative_prompt: str | None = None, batch_size: int = 64, progress: bool = False,
+                 **sampler_kwargs) -> Result:
+        """Images for a prompt (or a list of prompts), diffusers' argument names.
 
-    @torch.no_grad()
+        Classifier-free guidance with ``guidance_scale`` (1 = none; default: the checkpoint's,
+        :attr:`default_guidance`); the unconditional branch is the empty caption, or
+        ``negative_prompt``. Image i of the output (prompts in order, each repeated
+        ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
+        """
+        return self.run(Request.of(
+            "generate", prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+            num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, generator=generator, sampler=sampler,
+            batch_size=batch_size, progress=progress, **sampler_kwargs))
+
     def inpaint(self, image: Image.Image | Sequence[Image.Image],
                 mask_image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str] = "", *,
                 num_images_per_prompt: int = 1, num_inference_steps: int = 20,
                 guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
                 sampler: str | None = None, negative_prompt: str | None = None,
-                resample: int | None = None, feather: float = 0.0, batch_size: int = 64, progress: bool = False,
-                **sampler_kwargs) -> list[Image.Image]:
+                resample: int | None = None, feather: float = 0.0, batch_size: int = 64,
+                progress: bool = False, **sampler_kwargs) -> Result:
         """Repaint the white part of ``mask_image`` so that it fits the rest of ``image`` and,
         with a ``prompt``, shows it; as in DALL·E 2 the prompt describes the whole edited image.
 
@@ -229,149 +226,234 @@ class Pipeline:
         edge. ``resample`` > 1 adds RePaint's resampling ("ddpm" or "ddim" samplers only;
         ``sampler`` None then means "ddpm"; otherwise None is the checkpoint's sampler). By
         default (``resample`` None) inpainting resamples :data:`INPAINT_RESAMPLE` times with
-        "ddpm" unless a multistep ``sampler`` is named (then 1): on ShapesWorld it lifted
-        the stage-4 shapes-32's single-object edits from 21 % to 72 %; the current shapes-32
-        gets 97 % without and 96 % with it, and 56 % against 31 % on edits that add an object
-        beside a kept one (benchmarks/results/editing.md). An
-        image larger than the model's size is repainted window by window. The mask must match
-        the image's size and be black-and-white (:func:`kuosan.edit.mask_from_image`).
-        Lists of images (of one size), masks and prompts, of equal lengths, edit many at once;
-        output image i (each input repeated ``num_images_per_prompt`` times) is seeded seed + i.
+        "ddpm" unless a multistep ``sampler`` is named (then 1): on ShapesWorld edits that add
+        an object beside a kept one it helps (benchmarks/results/editing.md). An image larger
+        than the model's size is repainted window by window. The mask must match the image's
+        size and be black-and-white (:func:`kuosan.edit.mask_from_image`). Lists of images
+        (of one size), masks and prompts, of equal lengths, edit many at once; output image i
+        (each input repeated ``num_images_per_prompt`` times) is seeded seed + i.
         """
-        images = _as_list(image, Image.Image, "image", "a PIL image")
-        masks = _as_list(mask_image, Image.Image, "mask_image", "a PIL image")
-        prompts = _as_list("" if prompt is None else prompt, str, "prompt", "a string")
-        feather_mask(torch.zeros(1, 1, 1, dtype=torch.bool), feather)  # check it before any work
+        return self.run(Request.of(
+            "inpaint", image=image, mask_image=mask_image, prompt=prompt,
+            negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, sampler=sampler, resample=resample, feather=feather,
+            batch_size=batch_size, progress=progress, **sampler_kwargs))
+
+    def outpaint(self, image: Image.Image, *, left: int = 0, top: int = 0, right: int = 0,
+                 bottom: int = 0, prompt: str = "", num_images_per_prompt: int = 1,
+                 num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
+                 generator: Generators = None, sampler: str | None = None,
+                 negative_prompt: str | None = None, resample: int = 1, batch_size: int = 64,
+                 progress: bool = False, **sampler_kwargs) -> Result:
+        """Extend ``image`` by ``left``/``top``/``right``/``bottom`` pixels: inpainting of the new
+        border on the larger canvas, window by window (:func:`kuosan.edit.window_plan`: each sees at
+        least half a window of known pixels where it can), with ``prompt`` for every window. The
+        original pixels are kept exactly."""
+        return self.run(Request.of(
+            "outpaint", image=image, left=left, top=top, right=right, bottom=bottom, prompt=prompt,
+            negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, sampler=sampler, resample=resample, batch_size=batch_size,
+            progress=progress, **sampler_kwargs))
+
+    def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = IMG2IMG_STRENGTH,
+                num_images_per_prompt: int = 1, num_inference_steps: int = 20,
+                guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
+                sampler: str | None = None, negative_prompt: str | None = None,
+                batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> Result:
+        """SDEdit (:func:`kuosan.edit.sdedit`): noise ``image`` to ``strength`` (0: returned as
+        is; 1: ignored, the result is ``generate``'s for the same seed) and denoise it towards
+        ``prompt``; about strength·steps steps run."""
+        return self.run(Request.of(
+            "img2img", image=image, prompt=prompt, strength=strength,
+            negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, sampler=sampler, batch_size=batch_size, progress=progress,
+            **sampler_kwargs))
+
+    def vary(self, image: Image.Image, *, num_images: int = 4, strength: float = VARY_STRENGTH,
+             prompt: str = "", **kwargs) -> Result:
+        """``num_images`` variations of ``image``: the same composition and content, other
+        details; ``strength`` from 0 (the image itself) to 1 (ignores it); an optional
+        ``prompt`` guides them. Other arguments as :meth:`img2img`. The default 0.4 keeps the
+        source caption true in most of shapes-32's variations (benchmarks/results/editing.md)."""
+        return self.run(Request.of("vary", image=image, num_images_per_prompt=num_images,
+                                   strength=strength, prompt=prompt, **kwargs))
+
+    def run(self, request: Request) -> Result:
+        """All the images of ``request`` (:meth:`batches`, joined)."""
+        return Result.join(self.batches(request))
+
+    def batches(self, request: Request) -> Iterator[Result]:
+        """The images of ``request`` batch by batch (``request.batch_size`` each), each batch a
+        Result as soon as it is made. Everything is checked (the limits too) before this
+        returns, so a bad request makes nothing; stopping early keeps the batches yielded."""
+        return _TASKS[request.task](self, request)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
+               seed: int = 0, batch_size: int = 256, progress: bool = False, **sampler_kwargs) -> Tensor:
+        """``n`` samples in model space, (n, *shape), on the CPU (unconditional: a text model is
+        given the empty caption); :meth:`sample_batches` joined."""
+        return torch.cat(list(self.sample_batches(
+            n, sampler=sampler, num_inference_steps=num_inference_steps, seed=seed,
+            batch_size=batch_size, progress=progress, **sampler_kwargs)))
+
+    def sample_batches(self, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
+                       seed: int = 0, batch_size: int = 256, progress: bool = False,
+                       **sampler_kwargs) -> Iterator[Tensor]:
+        """:meth:`sample`'s samples batch by batch (checked against the limits first);
+        ``num_inference_steps`` None: T for "ddpm", 20 for the others."""
+        steps = num_inference_steps or (self.schedule.T if sampler == "ddpm" else 20)
+        r = Request.of("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
+                       sampler=sampler, batch_size=batch_size, progress=progress, **sampler_kwargs)
+        self._check(r, 1, self.item_pixels, [])
+        model = self.model
+        if self.is_text_conditioned:
+            model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
+        return (self._sample(model, len(rows), r, sampler, gens)
+                for rows, gens, _ in r.seeded_batches())
+
+    # -- the tasks: check everything, then a generator of batches (the one loop: _batches) --
+
+    def _check(self, r: Request, edits: int, pixels: int, prompts: Sequence[str],
+               resample: int = 1) -> None:
+        """Count-like arguments are integers >= 1 and the call (``edits`` inputs, each made
+        ``num_images_per_prompt`` times) is within :attr:`limits`."""
+        n = check_count("num_images_per_prompt", r.num_images_per_prompt)  # steps, resample:
+        # the samplers' own checks (at the first batch, still before any work)
+        outpaint = r.task == "outpaint"
+        self.limits.check(images=edits * n, steps=r.num_inference_steps, resample=resample,
+                          pixels=pixels, borders={s: getattr(r, s) for s in SIDES} if outpaint else None,
+                          prompts=prompts, negative_prompt=r.negative_prompt,
+                          names={"pixels": "image with left/top/right/bottom"} if outpaint else None)
+
+    def _batches(self, r: Request, edits: int, make: Callable[[range, Generators], list],
+                 prompt_of: Callable[[int], str], sampler: str, **resolved) -> Iterator[Result]:
+        """The one batching and seeding loop over image i of ``edits × num_images_per_prompt``
+        (:meth:`~kuosan.request.Request.seeded_batches`); ``make(rows, generators)`` makes a
+        batch's images."""
+        plan = r.seeded_batches(edits)  # checked now, before any work
+        guidance = self.default_guidance if r.guidance_scale is None else float(r.guidance_scale)
+
+        @torch.no_grad()
+        def results() -> Iterator[Result]:
+            for rows, gens, seeds in plan:
+                yield Result(r.task, make(rows, gens), [prompt_of(i) for i in rows],
+                             r.negative_prompt, seeds, sampler, r.num_inference_steps, guidance,
+                             self.source, self.digest, **resolved)
+
+        return results()
+
+    def _sample(self, model: Callable, b: int, r: Request, sampler: str, gens: Generators) -> Tensor:
+        return sample(model, (b, *self.info.shape), **self._sampling(r, sampler, gens)).float().cpu()
+
+    def _sampling(self, r: Request, sampler: str, generator: Generators) -> dict:
+        """The keyword arguments of :func:`kuosan.samplers.sample` (and the edits built on it)."""
+        return {"schedule": self.schedule, "prediction": self.prediction, "sampler": sampler,
+                "steps": r.num_inference_steps, "generator": generator, "clip_x0": self.clip_x0,
+                "device": self.device, "progress": r.progress, **r.sampler_kwargs}
+
+    def _generate(self, r: Request) -> Iterator[Result]:
+        prompts = r.prompts()
+        self._check(r, len(prompts), self.item_pixels, prompts)
+        self.conditioned(prompts, r.negative_prompt)  # a model without text takes no prompt
+        sampler, n = r.sampler or self.default_sampler, r.num_images_per_prompt
+
+        def make(rows: range, gens: Generators) -> list[Image.Image]:
+            model = self.conditioned([prompts[i // n] for i in rows], r.negative_prompt,
+                                     r.guidance_scale)
+            return self.to_images(self._sample(model, len(rows), r, sampler, gens))
+
+        return self._batches(r, len(prompts), make, lambda i: prompts[i // n], sampler)
+
+    def _inpaint(self, r: Request) -> Iterator[Result]:
+        images = r.images()
+        masks = r.images("mask_image")
+        prompts = r.prompts()
+        feather_mask(torch.zeros(1, 1, 1, dtype=torch.bool), r.feather)  # check it before any work
         count = max(len(images), len(masks), len(prompts))
         for what, items in (("image", images), ("mask_image", masks), ("prompt", prompts)):
             if len(items) not in (1, count):
                 raise KuosanError(f"inpaint: {len(items)} {what}s for {count} edits: give one or {count}")
         if len({im.size for im in images}) > 1:
             raise KuosanError("inpaint: the images of one call must have one size")
+        sampler, resample = self.inpaint_sampling(r.sampler, r.resample)
+        self._check(r, count, math.prod(images[0].size), prompts, resample)
         pixels = torch.stack([self._pixels(im, "image", any_size=True) for im in images])
         mask = torch.stack([mask_from_image(m, images[0].size, "mask_image") for m in masks])
-        _check_count("num_images_per_prompt", num_images_per_prompt)
-        edit = torch.arange(count).repeat_interleave(num_images_per_prompt)  # edit of each output
-        return self._inpaint_pixels(pixels[edit % len(pixels)], mask[edit % len(mask)],
-                                    [prompts[i % len(prompts)] for i in edit.tolist()],
-                                    num_inference_steps, guidance_scale, seed, generator, sampler,
-                                    negative_prompt, resample, feather, batch_size, progress,
-                                    sampler_kwargs)
+        return self._paint(r, pixels, mask, prompts, count, sampler, resample,
+                           {"feather": r.feather})
 
-    def _inpaint_pixels(self, pixels: Tensor, mask: Tensor, prompts: list[str], steps: int,
-                        guidance_scale: float | None, seed: int, generator: Generators,
-                        sampler: str | None,
-                        negative_prompt: str | None, resample: int | None, feather: float,
-                        batch_size: int, progress: bool, extra: dict) -> list[Image.Image]:
-        """Inpaint uint8 ``pixels`` (N, C, H, W) where ``mask`` (N, 1, H, W) is True, row i with
-        ``prompts[i]``; then composite, exact outside the mask. ``sampler`` None: "ddpm" with
-        resampling, else the checkpoint's."""
-        sampler, resample = self.inpaint_sampling(sampler, resample)
-        window = self.info.shape[-1]
-        out: dict[int, Tensor] = {}
-        start = 0
-        for b, gens in self._edit_batches(len(prompts), seed, generator, batch_size):
-            rows = list(range(start, start + b))
-            start += b
-            # a canvas larger than a window is planned per mask, so that image i does not depend
-            # on the masks of its batch-mates (one window covers a model-sized canvas whatever
-            # the mask)
-            groups = [rows] if tuple(pixels.shape[-2:]) == (window, window) else _same_masks(mask, rows)
-            for group in groups:
-                g = [gens[i - rows[0]] for i in group] if isinstance(gens, list) else gens
-                model = self.conditioned([prompts[i] for i in group], negative_prompt, guidance_scale)
-                painted = inpaint_windows(model, pixels[group].float() / 127.5 - 1, mask[group], window,
-                                          resample=resample,
-                                          **self._sampling(sampler, steps, g, progress, extra))
-                generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                for i, pix, gen in zip(group, pixels[group], generated, strict=True):
-                    out[i] = composite(pix, gen, feather_mask(mask[i], feather))
-        return [_pil(out[i]) for i in range(len(prompts))]
-
-    @torch.no_grad()
-    def outpaint(self, image: Image.Image, *, left: int = 0, top: int = 0, right: int = 0,
-                 bottom: int = 0, prompt: str = "", num_images_per_prompt: int = 1,
-                 num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
-                 generator: Generators = None, sampler: str | None = None,
-                 negative_prompt: str | None = None, resample: int = 1, batch_size: int = 64,
-                 progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
-        """Extend ``image`` by ``left``/``top``/``right``/``bottom`` pixels: inpainting of the new
-        border on the larger canvas, window by window (:func:`kuosan.edit.window_plan`: each sees at
-        least half a window of known pixels where it can), with ``prompt`` for every window. The
-        original pixels are kept exactly."""
-        pads = {"left": left, "top": top, "right": right, "bottom": bottom}
+    def _outpaint(self, r: Request) -> Iterator[Result]:
+        pads = {"left": r.left, "top": r.top, "right": r.right, "bottom": r.bottom}
         for name, value in pads.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise KuosanError(f"{name} must be a number of pixels >= 0, got {value!r}")
         if not any(pads.values()):
             raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")
-        prompt = _as_list("" if prompt is None else prompt, str, "prompt", "a string")[0]
+        prompt = r.prompts()[0]
+        sampler, resample = self.inpaint_sampling(r.sampler, 1 if r.resample is None else r.resample)
+        image = r.images()[0]
+        w, h = image.size
+        size = (h + r.top + r.bottom, w + r.left + r.right)
+        self._check(r, 1, math.prod(size), [prompt], resample)
         pixels = self._pixels(image, "image", any_size=True)
-        c, h, w = pixels.shape
-        _check_count("num_images_per_prompt", num_images_per_prompt)
-        canvas = torch.full((c, h + top + bottom, w + left + right), 128, dtype=torch.uint8)
-        canvas[:, top:top + h, left:left + w] = pixels
-        mask = torch.ones((1, *canvas.shape[1:]), dtype=torch.bool)
-        mask[:, top:top + h, left:left + w] = False
-        n = num_images_per_prompt
-        return self._inpaint_pixels(canvas.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1),
-                                    [prompt] * n, num_inference_steps, guidance_scale, seed,
-                                    generator, sampler, negative_prompt, resample, 0.0, batch_size,
-                                    progress, sampler_kwargs)
+        canvas = torch.full((pixels.shape[0], *size), 128, dtype=torch.uint8)
+        canvas[:, r.top:r.top + h, r.left:r.left + w] = pixels
+        mask = torch.ones((1, *size), dtype=torch.bool)
+        mask[:, r.top:r.top + h, r.left:r.left + w] = False
+        return self._paint(r, canvas[None], mask[None], [prompt], 1, sampler, resample, pads)
 
-    @torch.no_grad()
-    def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = IMG2IMG_STRENGTH,
-                num_images_per_prompt: int = 1, num_inference_steps: int = 20,
-                guidance_scale: float | None = None, seed: int = 0, generator: Generators = None,
-                sampler: str | None = None, negative_prompt: str | None = None,
-                batch_size: int = 64, progress: bool = False, **sampler_kwargs) -> list[Image.Image]:
-        """SDEdit (:func:`kuosan.edit.sdedit`): noise ``image`` to ``strength`` (0: returned as
-        is; 1: ignored, the result is ``generate``'s for the same seed) and denoise it towards
-        ``prompt``; about strength·steps steps run."""
-        prompt = _as_list("" if prompt is None else prompt, str, "prompt", "a string")[0]
-        sampler = sampler or self.default_sampler
-        x0 = self._pixels(image, "image").float() / 127.5 - 1
-        out = []
-        for b, gens in self._edit_batches(num_images_per_prompt, seed, generator, batch_size):
-            model = self.conditioned([prompt] * b, negative_prompt, guidance_scale)
-            out.append(sdedit(model, x0[None].expand(b, -1, -1, -1).contiguous(), strength,
-                              **self._sampling(sampler, num_inference_steps, gens, progress,
-                                               sampler_kwargs)).float().cpu())
-        return self.to_images(torch.cat(out))
+    def _paint(self, r: Request, pixels: Tensor, mask: Tensor, prompts: list[str], count: int,
+               sampler: str, resample: int, settings: dict) -> Iterator[Result]:
+        """Inpaint uint8 ``pixels`` (E, C, H, W) where ``mask`` (E, 1, H, W) is True, edit e
+        (of ``count``; E and the prompts: 1 or ``count``) made ``num_images_per_prompt`` times
+        in a row with ``prompts[e]``; then composite, exact outside the mask."""
+        n, window = r.num_images_per_prompt, self.info.shape[-1]
 
-    def vary(self, image: Image.Image, *, num_images: int = 4, strength: float = VARY_STRENGTH,
-             prompt: str = "", **kwargs) -> list[Image.Image]:
-        """``num_images`` variations of ``image``: the same composition and content, other
-        details; ``strength`` from 0 (the image itself) to 1 (ignores it); an optional
-        ``prompt`` guides them. Other arguments as :meth:`img2img`. The default 0.4 kept the
-        source caption true in 88 % of shapes-32's variations, 0.6 in 58 %
-        (benchmarks/results/editing.md)."""
-        return self.img2img(image, prompt, strength=strength, num_images_per_prompt=num_images,
-                            **kwargs)
+        def prompt_of(i: int) -> str:
+            return prompts[(i // n) % len(prompts)]
 
-    def _sample_with(self, model: nn.Module, b: int, seed: int, sampler: str, steps: int | None,
-                     progress: bool, sampler_kwargs: dict) -> Tensor:
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(b)]
-        x = sample(model, (b, *self.info.shape), schedule=self.schedule, sampler=sampler, steps=steps,
-                   generator=generators, prediction=self.prediction, clip_x0=self.clip_x0,
-                   device=self.device, progress=progress, **sampler_kwargs)
-        return x.float().cpu()
+        def make(rows: range, gens: Generators) -> list[Image.Image]:
+            pix = pixels[[(i // n) % len(pixels) for i in rows]]
+            msk = mask[[(i // n) % len(mask) for i in rows]]
+            # a canvas larger than a window is planned per mask, so that image i does not depend
+            # on the masks of its batch-mates (one window covers a model-sized canvas whatever
+            # the mask)
+            whole = tuple(pix.shape[-2:]) == (window, window)
+            out: dict[int, Tensor] = {}
+            for group in [list(range(len(rows)))] if whole else _same_masks(msk):
+                g = [gens[j] for j in group] if isinstance(gens, list) else gens
+                model = self.conditioned([prompt_of(rows[j]) for j in group], r.negative_prompt,
+                                         r.guidance_scale)
+                painted = inpaint_windows(model, pix[group].float() / 127.5 - 1, msk[group], window,
+                                          resample=resample, **self._sampling(r, sampler, g))
+                generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                for j, gen in zip(group, generated, strict=True):
+                    out[j] = composite(pix[j], gen, feather_mask(msk[j], r.feather))
+            return [_pil(out[j]) for j in range(len(rows))]
 
-    @torch.no_grad()
-    def sample(self, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
-               seed: int = 0, batch_size: int = 256, progress: bool = False, **sampler_kwargs) -> Tensor:
-        """``n`` samples in model space, (n, *shape), on the CPU (unconditional: a text model is
-        given the empty caption)."""
-        _check_count("number of samples", n)
-        model = self.model
-        if self.is_text_conditioned:
-            model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
-        out = []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            out.append(self._sample_with(model, b, seed + start, sampler, num_inference_steps, progress,
-                                         sampler_kwargs))
-        return torch.cat(out)
+        return self._batches(r, count, make, prompt_of, sampler, resample=resample,
+                             settings=settings)
+
+    def _img2img(self, r: Request) -> Iterator[Result]:
+        prompt = r.prompts()[0]
+        strength = r.strength if r.strength is not None else (
+            VARY_STRENGTH if r.task == "vary" else IMG2IMG_STRENGTH)
+        sampler = r.sampler or self.default_sampler
+        self._check(r, 1, self.item_pixels, [prompt])
+        x0 = self._pixels(r.images()[0], "image")
+        x0 = x0.float() / 127.5 - 1
+
+        def make(rows: range, gens: Generators) -> list[Image.Image]:
+            model = self.conditioned([prompt] * len(rows), r.negative_prompt, r.guidance_scale)
+            x = sdedit(model, x0[None].expand(len(rows), -1, -1, -1).contiguous(), strength,
+                       **self._sampling(r, sampler, gens))
+            return self.to_images(x.float().cpu())
+
+        return self._batches(r, 1, make, lambda i: prompt, sampler, strength=strength)
 
     def to_images(self, x: Tensor) -> list[Image.Image]:
         """Samples in model space → PIL images (image data only)."""
@@ -384,9 +466,11 @@ class Pipeline:
         return denormalize(x, self.info.normalization)
 
 
-def _check_count(what: str, n: object) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise KuosanError(f"{what} must be an integer >= 1, got {n!r}")
+# the one table of tasks: Request.task → the Pipeline method that makes its batches
+_TASKS: dict[str, Callable[[Pipeline, Request], Iterator[Result]]] = {
+    "generate": Pipeline._generate, "inpaint": Pipeline._inpaint, "outpaint": Pipeline._outpaint,
+    "vary": Pipeline._img2img, "img2img": Pipeline._img2img,
+}
 
 
 def _pil(pixels: Tensor) -> Image.Image:
@@ -395,21 +479,10 @@ def _pil(pixels: Tensor) -> Image.Image:
     return Image.fromarray(v[0] if v.shape[0] == 1 else v.transpose(1, 2, 0))
 
 
-def _as_list(value: object, kind: type, what: str, described: str) -> list:
-    """``value`` as a list of ``kind`` (one item, or a list or tuple of them)."""
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if not isinstance(item, kind):
-            raise KuosanError(f"{what} must be {described} or a list of them, got {type(item).__name__}")
-    if not items:
-        raise KuosanError(f"{what}: the list is empty")
-    return items
-
-
-def _same_masks(mask: Tensor, rows: list[int]) -> list[list[int]]:
-    """``rows`` grouped by equal masks (first appearance order)."""
+def _same_masks(mask: Tensor) -> list[list[int]]:
+    """Row indices of ``mask`` grouped by equal masks (first appearance order)."""
     groups: list[list[int]] = []
-    for i in rows:
+    for i in range(len(mask)):
         for group in groups:
             if torch.equal(mask[group[0]], mask[i]):
                 group.append(i)

@@ -78,6 +78,10 @@ class TrainResult:
     last_loss: float
     stopped_by: str  # "steps", "minutes" or "interrupt"
 
+# the TrainConfig fields a resumed run may change (`kuosan train --resume`); the rest come from
+# the checkpoint
+RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
+
 
 # ---- pure helpers ------------------------------------------------------------------------------
 

@@ -38,7 +38,9 @@ from PIL import Image
 from . import __version__
 from .defaults import STRENGTH
 from .errors import KuosanError
+from .metadata import png_text
 from .pipeline import Pipeline
+from .result import Result
 
 MAX_BODY = 16 << 20  # bytes of one request
 MAX_IMAGES = 16  # images of one request
@@ -118,12 +120,6 @@ class WebApp:
     pipe: Pipeline
     model_name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
-    digest: str = field(init=False)  # the weights' hash, once: it goes into every PNG
-
-    def __post_init__(self) -> None:
-        from .checkpoint import weights_digest
-
-        self.digest = weights_digest(self.pipe.path)
 
     def info(self) -> dict:
         from .samplers import SAMPLERS
@@ -180,7 +176,7 @@ class WebApp:
                 images = self.pipe.inpaint(image, mask, p["prompt"], num_images_per_prompt=p["num"],
                                            sampler=sampler, resample=resample, **kw)
             elif mode == "outpaint":
-                sides = {s: _number(body, s, 0, int, 0, 512) for s in ("left", "top", "right", "bottom")}
+                sides = {s: _number(body, s, 0, int, 0, 2**31) for s in ("left", "top", "right", "bottom")}
                 extra.update(sides)
                 p["sampler"] = p["sampler"] or self.pipe.default_sampler
                 images = self.pipe.outpaint(image, prompt=p["prompt"], num_images_per_prompt=p["num"],
@@ -197,19 +193,10 @@ class WebApp:
                                                num_images_per_prompt=p["num"], sampler=p["sampler"], **kw)
         return self._answer(images, p, extra)
 
-    def _answer(self, images: list[Image.Image], p: dict, extra: dict) -> dict:
-        from .images import generation_metadata
-
-        out, parameters = [], ""
-        for i, img in enumerate(images):
-            params = {"prompt": p["prompt"], "negative_prompt": p["negative_prompt"], "seed": p["seed"] + i,
-                      "num": 1, "sampler": p["sampler"], "steps": p["steps"], "guidance": p["guidance"],
-                      "model": self.model_name, "model_hash": self.digest, "kuosan_version": __version__,
-                      **extra}
-            text = generation_metadata(params, img.size)
-            parameters = parameters or text["parameters"]
-            out.append(encode_png(img, text))
-        return {"images": out, "parameters": parameters}
+    def _answer(self, images: Result, p: dict, extra: dict) -> dict:
+        texts = [png_text(images, i) for i in range(len(images))]
+        return {"images": [encode_png(img, t) for img, t in zip(images, texts, strict=True)],
+                "parameters": texts[0]["parameters"] if texts else ""}
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
         """One request: (HTTP status, content type, body)."""
