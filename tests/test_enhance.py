@@ -240,3 +240,33 @@ def test_shapes_reward_prefers_a_picture_that_shows_the_caption():
                                Obj("square", "blue", "large", (16, 22), 14))))
     r = [shapes_reward(im, caption) for im in (right, flipped, recoloured)]
     assert r[0] >= 10 > max(r[1:])  # only the right picture is satisfied
+
+
+# --- wired into the pipeline and the command --------------------------------------------------
+
+
+def test_cli_enhance_keeps_both_prompts_in_the_png(tmp_path, capsys):
+    import json
+
+    from kuosan import Pipeline
+    from kuosan.cli import main
+
+    typed, caption = "a crimson ball over a navy box", "a red circle above a blue square"
+    out = tmp_path / "one.png"
+    assert main(["generate", typed, "--enhance", "--steps", "2", "--seed", "3",
+                 "--out", str(out)]) == 0
+    assert f"{typed!r} → {caption!r}" in capsys.readouterr().out
+    img = Image.open(out)
+    params = json.loads(img.text["kuosan"])
+    assert params["prompt"] == caption and params["user_prompt"] == typed
+    assert img.text["parameters"].startswith(caption + "\n")
+    assert f"User prompt: {typed}" in img.text["parameters"]
+    again = tmp_path / "again.png"  # --from-png draws the rewrite again: the same picture
+    assert main(["generate", "--from-png", str(out), "--out", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(img))
+
+    pipe = Pipeline.load("shapes-32")
+    result = pipe.generate(typed, enhance_prompt=True, num_inference_steps=2, seed=3)
+    assert result.prompts == [caption] and result.settings["user_prompt"] == typed
+    assert np.array_equal(np.asarray(result[0]), np.asarray(img))
+    assert pipe.enhance_prompt("a happy kitty") == "a happy kitty"

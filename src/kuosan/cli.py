@@ -360,6 +360,10 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(model=None)  # None: the bundled model, or the one --from-png names
     p.add_argument("--from-png", type=Path, default=None,
                    help="take prompt, seed, sampler, steps, guidance and model from a kuosan PNG")
+    p.add_argument("--enhance", action="store_true",
+                   help="rewrite the prompt into the model's caption language first "
+                        "(docs/enhance.md); the PNG keeps the rewrite and, as user_prompt, the "
+                        "prompt as typed")
 
 
 def _edit_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
@@ -460,9 +464,14 @@ def run_task(args: argparse.Namespace) -> int:
         if task == "inpaint":
             inputs["mask_image"] = _open_image(args.mask, "--mask")
     pipe = Pipeline.load(args.model, device=args.device, limits=limits)
+    extra = {"user_prompt": args.prompt} if getattr(args, "enhance", False) else {}
+    if extra:
+        args.prompt = pipe.enhance_prompt(args.prompt)
+        print(f"kuosan: --enhance: {extra['user_prompt']!r} → {args.prompt!r}"
+              + ("" if args.prompt != extra["user_prompt"] else " (unchanged)"))
     request = Request(task, args.prompt, args.negative, args.num, args.steps, args.guidance,
                       args.seed, sampler=args.sampler, batch_size=args.batch, **inputs, **own)
-    files = {"image": str(args.image)} if task != "generate" else {}
+    files = {"image": str(args.image)} if task != "generate" else extra
     if task == "inpaint":
         files["mask"] = str(args.mask)
     status = _write_results(pipe.batches(request), args.num, out, files)
