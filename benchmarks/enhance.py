@@ -81,6 +81,15 @@ def same_statement(a: CaptionSpec, b: CaptionSpec) -> bool:
             and a.relation == FLIP[b.relation] and a.background == b.background)
 
 
+def states(text: str, caption: str) -> bool:
+    """Whether ``text`` is a caption of the grammar stating what ``caption`` states (a prompt
+    that already was a caption and came back unchanged counts)."""
+    try:
+        return same_statement(parse(text), parse(caption))
+    except KuosanError:
+        return False
+
+
 def generate(pipe: Pipeline, prompts: list[str], seed: int, args: argparse.Namespace) -> list:
     return pipe.generate(prompts, num_inference_steps=STEPS, seed=seed,
                          batch_size=args.batch_size)
@@ -113,8 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for i, (row, rw) in enumerate(zip(rows, rewrites, strict=True)):
         out = {**row, "rewrite": rw.text, "changed": rw.changed, "notes": list(rw.notes),
                "reason": rw.reason,
-               "mapped": same_statement(parse(rw.text), parse(row["caption"]))
-               if rw.changed else False,
+               "mapped": states(rw.text, row["caption"]),
                "without": bool(score(without[i], row["caption"]).satisfied),
                "with": bool(score(with_[i], row["caption"]).satisfied)}
         if args.feedback > 1:
