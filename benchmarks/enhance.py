@@ -8,7 +8,7 @@ from the prompt as typed ("without") and one from ``ShapesLanguage().rewrite(pro
 ("with"), both with the generator seeded ``seed + i``, at 20 steps and the model's default
 guidance and sampler; ``kuosan.data.shapes.score`` checks each picture against the canonical
 caption. With ``--feedback K`` a third column keeps the best of K candidates
-(``kuosan.enhance.feedback_plan`` and ``best_candidate``, scored against the top rewrite):
+(``kuosan.enhance_feedback.feedback_plan`` and ``best_candidate``, scored against the top rewrite):
 candidate 0 is the "with" picture, candidate j ≥ 1 of prompt i is drawn with seed
 ``seed + j·N + i`` (N prompts), so that each j is one batch.
 
@@ -41,8 +41,10 @@ from caption_accuracy import nan_to_none, pct
 from digits_fid import git_commit
 
 from kuosan import KuosanError, Pipeline
-from kuosan.data.shapes import CaptionSpec, parse, score
-from kuosan.enhance import FLIP, ShapesLanguage, best_candidate, feedback_plan, shapes_reward
+from kuosan.data.shapes import CaptionSpec
+from kuosan.enhance import FLIP, ShapesLanguage
+from kuosan.enhance_feedback import best_candidate, feedback_plan, shapes_reward
+from kuosan.metrics.shapes import parse, score
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("synonym", "paraphrase", "word order", "typo", "extra words", "count")

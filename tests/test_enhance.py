@@ -16,14 +16,16 @@ from kuosan.enhance import (
     CaptionSet,
     Rewrite,
     ShapesLanguage,
-    best_candidate,
     enhance_prompt,
-    feedback_plan,
-    generate_with_feedback,
     language_for,
-    shapes_reward,
 )
 from kuosan.enhance_colours import XKCD_COLOURS
+from kuosan.enhance_feedback import (
+    best_candidate,
+    feedback_plan,
+    generate_with_feedback,
+    shapes_reward,
+)
 from kuosan.errors import KuosanError
 from kuosan.metrics.shapes import PALETTE_HUE, find_objects, parse
 

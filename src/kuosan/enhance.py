@@ -38,20 +38,16 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from kuosan.data.shapes import BACKGROUNDS, COLOURS, PLURALS, CaptionSpec, ObjSpec, format_caption
 from kuosan.enhance_colours import XKCD_COLOURS
 from kuosan.errors import KuosanError
 from kuosan.guidance import parse_composition
-from kuosan.metrics.shapes import PALETTE, PALETTE_HUE, _hue, parse, score
+from kuosan.metrics.shapes import PALETTE, PALETTE_HUE, _hue, parse
 
-__all__ = [
-    "CaptionLanguage", "CaptionSet", "Feedback", "MiniLMEmbed", "Rewrite", "ShapesLanguage",
-    "best_candidate", "enhance_prompt", "feedback_plan", "generate_with_feedback",
-    "language_for", "shapes_reward",
-]
+__all__ = ["CaptionLanguage", "CaptionSet", "MiniLMEmbed", "Rewrite", "ShapesLanguage",
+           "enhance_prompt", "language_for"]
 
 Embed = Callable[[list[str]], Tensor]  # texts -> (N, D), rows L2-normalised
 
@@ -484,59 +480,3 @@ class CaptionSet:
                                     f"{self.min_similarity:g})")
         ranked = tuple(self.captions[i] for i in order if sims[i] >= self.min_similarity)
         return Rewrite(text, ranked[0], True, ranked, (f"nearest caption, cosine {best:.2f}",))
-
-
-# --- visual feedback ---------------------------------------------------------------------------
-
-Reward = Callable[[Image.Image, str], float]
-
-
-def shapes_reward(image: Image.Image, caption: str) -> float:
-    """r = 10·satisfied + (number of stated attributes right, of shape, colour, size,
-    position, relation, count, background): the ShapesWorld scorer reading the picture."""
-    result = score(image, caption)
-    flags = result[1:8]
-    return 10.0 * bool(result.satisfied) + sum(1.0 for f in flags if f)
-
-
-def best_candidate(images: Sequence[Image.Image], target: str, reward: Reward) -> tuple[int,
-                                                                                          list]:
-    """(index of the image with the highest reward(image, target), the rewards); ties go to
-    the earliest (the top rewrite at the first seed comes first)."""
-    rewards = [float(reward(im, target)) for im in images]
-    return int(np.argmax(rewards)), rewards
-
-
-def feedback_plan(rewrite: Rewrite, k: int) -> list[str]:
-    """The prompts of k candidates: the top rewrites in turn (r0, r1, …, r0, r1, …); candidate
-    i is drawn with seed + i, so candidate 0 is the picture without feedback."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise KuosanError(f"the number of feedback candidates must be an integer >= 1, got {k!r}")
-    pool = list(rewrite.candidates) or [rewrite.text]
-    return [pool[i % len(pool)] for i in range(k)]
-
-
-class Feedback(NamedTuple):
-    """The kept image and its prompt; every candidate's prompt, seed and reward."""
-
-    image: Image.Image
-    prompt: str
-    rewrite: Rewrite
-    prompts: list[str]
-    seeds: list[int]
-    rewards: list[float]
-    chosen: int
-
-
-def generate_with_feedback(pipe: Any, text: str, language: CaptionLanguage, *, k: int = 4,
-                           seed: int = 0, reward: Reward = shapes_reward,
-                           **generate_kwargs: Any) -> Feedback:
-    """Rewrite `text`, draw k pictures from the top rewrites (`feedback_plan`; candidate i
-    seeded seed + i), and keep the one whose picture best matches the top rewrite
-    by `reward`. Cost: k pictures instead of one (k·t_image) plus k reward calls."""
-    rw = language.rewrite(text)
-    prompts = feedback_plan(rw, k)
-    images = pipe.generate(prompts, seed=seed, **generate_kwargs)
-    chosen, rewards = best_candidate(images, rw.text, reward)
-    return Feedback(images[chosen], prompts[chosen], rw, prompts,
-                    [seed + i for i in range(k)], rewards, chosen)
