@@ -527,6 +527,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
+    from .metrics.command import add_fid_arguments
+
+    add_fid_arguments(p)  # --fid REF and its flags: kuosan.metrics.command
     p.set_defaults(func=run_eval)
 
 
@@ -537,8 +540,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from .objectives import variational_bound
     from .pipeline import Pipeline
 
+    if args.fid is not None and not args.nll:
+        from .metrics.command import run_fid
+
+        return run_fid(args)
     if not args.nll:
-        raise KuosanError("say what to evaluate: --nll")
+        raise KuosanError("say what to evaluate: --nll, or --fid REF")
     pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
     train_cfg = pipe.config.get("train", {})
     spec = args.data or train_cfg.get("data")
