@@ -198,11 +198,11 @@ def test_floor_and_memorisation_report(tmp_path, capsys, stats_module) -> None:
     # copies are at 0 but for cancellation in ‖q‖² + ‖b‖² − 2q·b: with D = 768 values in [0, 1]
     # the naive-summation bound on d² is 4·D²·ε, so the RMS distance √(d²/D) ≤ √(4Dε) ≈ 8.3e-7
     assert m["nn_distance_mean"] <= np.sqrt(4 * 768 * EPS) and m["copy_fraction"] == 1.0
-    # new pictures are not copies; the held-out set is the training set itself: leave-one-out
+    # new pictures are not copies; held-out images that are training images: leave-one-out
     fresh = ImageSet("fresh", kd.load_image_folder(write_pngs(tmp_path / "new", 8, 9), 16)[0])
     trainset = ImageSet("train", kd.load_image_folder(train, 16)[0])
     m = memorisation_report(fresh, trainset, trainset)
-    assert m["leave_one_out"] and m["real_nn_distance_p01"] > 0
+    assert m["held_out_in_train"] == 30 and m["real_nn_distance_p01"] > 0
     assert m["copy_fraction"] == 0.0
 
 

@@ -6,7 +6,7 @@
   balls estimates the set's manifold. ``precision`` = share of generated points inside the real
   manifold, ``recall`` = share of real points inside the generated manifold.
 - `nearest_distances`: Euclidean distance from each row of one set to its nearest row of another
-  (optionally leaving each row's own copy out), in chunks so memory stays O(chunk · m).
+  (optionally skipping the row's own copies), in chunks so memory stays O(chunk · m).
 """
 
 from __future__ import annotations
@@ -34,21 +34,19 @@ def _squared_distances(q: NDArray[np.float64], b: NDArray[np.float64],
 
 
 def nearest_distances(queries: ArrayLike, bank: ArrayLike,
-                      exclude_self: bool = False) -> NDArray[np.float64]:
-    """min_j ‖qᵢ − bⱼ‖ for each query row (n,); ``exclude_self``: queries *are* the bank and
-    row i skips column i (the nearest *other* row)."""
+                      skip_within: float | None = None) -> NDArray[np.float64]:
+    """min_j ‖qᵢ − bⱼ‖ for each query row (n,); ``skip_within``: bank rows at distance ≤ it
+    are not candidates (a query's own copy in the bank: the nearest *other* row); inf when
+    every row is skipped."""
     q, b = _rows(queries, "queries"), _rows(bank, "bank")
     if q.shape[1] != b.shape[1]:
         raise ValueError(f"queries have {q.shape[1]} values per row, the bank {b.shape[1]}")
-    if exclude_self and (q.shape != b.shape or len(b) < 2):
-        raise ValueError("exclude_self needs the queries to be the bank itself, with >= 2 rows")
     b_norms = (b**2).sum(1)
     out = np.empty(len(q))
     for start in range(0, len(q), CHUNK):
         d2 = _squared_distances(q[start:start + CHUNK], b, b_norms)
-        if exclude_self:
-            rows = np.arange(len(d2))
-            d2[rows, start + rows] = np.inf
+        if skip_within is not None:
+            d2[d2 <= skip_within**2] = np.inf
         out[start:start + CHUNK] = np.sqrt(d2.min(axis=1))
     return out
 
