@@ -250,6 +250,7 @@ def test_bad_input_gets_one_line_errors(tmp_path, capsys, stats_module) -> None:
     assert "not a TorchScript module" in one_line_error(capsys, good, "--fid", good,
                                                         "--features", not_ts)
     assert "neither a checkpoint" in one_line_error(capsys, tmp_path / "nope", "--fid", good)
+    assert "one at a time" in one_line_error(capsys, good, "--fid", good, "--nll")
     with pytest.raises(KuosanError, match="at least 2"):
         evaluate(ImageSet("one", torch.zeros(1, 3, 8, 8, dtype=torch.uint8)),
                  ImageSet("two", torch.zeros(2, 3, 8, 8, dtype=torch.uint8)),

@@ -505,7 +505,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                     "nats/dim in model space for vectors. A text model is scored given each "
                     "image's caption (--empty-captions: given the empty caption).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", type=Path, help="checkpoint folder")
+    p.add_argument("model", type=Path, metavar="SOURCE",
+                   help="checkpoint folder (with --fid also a bundled model or a folder of images)")
     p.add_argument("--nll", action="store_true", help="negative log-likelihood bound")
     p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
     p.add_argument("--data-seed", type=int, default=None,
@@ -540,7 +541,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .objectives import variational_bound
     from .pipeline import Pipeline
 
-    if args.fid is not None and not args.nll:
+    if args.fid is not None:
         from .metrics.command import run_fid
 
         return run_fid(args)

@@ -144,6 +144,8 @@ def run_fid(args: argparse.Namespace) -> int:
     from kuosan.images import save_images
     from kuosan.metrics.features import get_feature_map
 
+    if getattr(args, "nll", False):
+        raise KuosanError("--nll and --fid are separate evaluations: run them one at a time")
     for flag, value in (("-n", args.num), ("--n-ref", args.n_ref), ("--steps", args.steps)):
         _positive(flag, value)
     source_spec: Path = args.model
