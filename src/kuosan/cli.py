@@ -28,6 +28,7 @@ from .errors import KuosanError
 from .images import from_pil, make_grid, save_grid, save_png, to_pil
 from .limits import SIDES, LimitError, Limits
 from .metadata import png_text, read_parameters
+from .metrics.command import run_fid
 from .metrics.nll import nll_bound
 from .models import UNET_PRESETS
 from .pipeline import Pipeline
@@ -517,7 +518,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                     "image's caption (--empty-captions: given the empty caption). "
                     "Python: kuosan.metrics.nll.nll_bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", type=Path, help="checkpoint folder")
+    p.add_argument("model", type=Path, metavar="SOURCE",
+                   help="checkpoint folder (with --fid also a bundled model or a folder of images)")
     p.add_argument("--nll", action="store_true", help="negative log-likelihood bound")
     p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
     p.add_argument("--data-seed", type=int, default=None,
@@ -539,12 +541,17 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
+    from .metrics.command import add_fid_arguments
+
+    add_fid_arguments(p)  # --fid REF and its flags: kuosan.metrics.command
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.fid is not None:
+        return run_fid(args)
     if not args.nll:
-        raise KuosanError("say what to evaluate: --nll")
+        raise KuosanError("say what to evaluate: --nll, or --fid REF")
     if args.empty_captions and args.caption_gain:
         raise KuosanError("--caption-gain scores both the own and the empty captions: "
                           "leave out --empty-captions")
