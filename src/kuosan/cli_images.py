@@ -283,8 +283,10 @@ def run_task(args: argparse.Namespace) -> int:
         if task == "inpaint":
             inputs["mask_image"] = _open_image(args.mask, "--mask")
     pipe = Pipeline.load(args.model, device=args.device, limits=limits)
-    request = Request(task, args.prompt, args.negative, args.num, args.steps, args.guidance,
-                      args.seed, sampler=args.sampler, batch_size=args.batch, **inputs, **own)
+    request = Request(task, prompt=args.prompt, negative_prompt=args.negative,
+                      num_images_per_prompt=args.num, num_inference_steps=args.steps,
+                      guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler,
+                      batch_size=args.batch, **inputs, **own)
     files = {"image": str(args.image)} if task != "generate" else {}
     if task == "inpaint":
         files["mask"] = str(args.mask)
