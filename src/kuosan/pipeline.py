@@ -330,7 +330,7 @@ class Pipeline:
         steps = num_inference_steps or (self.schedule.T if sampler == "ddpm" else 20)
         r = Request.of("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
                        sampler=sampler, batch_size=batch_size, progress=progress, **sampler_kwargs)
-        self._check(r, 1, self.item_pixels, [])
+        self._check(r, 1, self.item_pixels, [], names={"images": "n"})
         model = self.model
         if self.is_text_conditioned:
             model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
@@ -340,16 +340,17 @@ class Pipeline:
     # -- the tasks: check everything, then a generator of batches (the one loop: _batches) --
 
     def _check(self, r: Request, edits: int, pixels: int, prompts: Sequence[str],
-               resample: int = 1) -> None:
-        """Count-like arguments are integers >= 1 and the call (``edits`` inputs, each made
-        ``num_images_per_prompt`` times) is within :attr:`limits`."""
-        n = check_count("num_images_per_prompt", r.num_images_per_prompt)  # steps, resample:
-        # the samplers' own checks (at the first batch, still before any work)
+               resample: int = 1, names: dict[str, str] | None = None) -> None:
+        """The call (``edits`` inputs, each made ``num_images_per_prompt`` times) is within
+        :attr:`limits` (a non-integer steps or resample is left to the samplers' own checks,
+        which come at the first batch, still before any work)."""
+        n = check_count("num_images_per_prompt", r.num_images_per_prompt)
         outpaint = r.task == "outpaint"
+        if outpaint:
+            names = {"pixels": "image with left/top/right/bottom"}
         self.limits.check(images=edits * n, steps=r.num_inference_steps, resample=resample,
                           pixels=pixels, borders={s: getattr(r, s) for s in SIDES} if outpaint else None,
-                          prompts=prompts, negative_prompt=r.negative_prompt,
-                          names={"pixels": "image with left/top/right/bottom"} if outpaint else None)
+                          prompts=prompts, negative_prompt=r.negative_prompt, names=names)
 
     def _batches(self, r: Request, edits: int, make: Callable[[range, Generators], list],
                  prompt_of: Callable[[int], str], sampler: str, **resolved) -> Iterator[Result]:
