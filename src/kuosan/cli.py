@@ -12,7 +12,6 @@ many, and exits with status 130.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -73,7 +72,7 @@ TRAIN_FLAGS = {
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    d = TrainConfig()
+    d = argparse.Namespace(**TrainConfig().to_flat())  # the defaults, by flag name
     p = sub.add_parser(
         "train", help="train a model on a dataset",
         description="Train a diffusion model. The output folder becomes a checkpoint "
@@ -156,8 +155,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if args.resume and (args.out / "config.json").exists():
         stored = load_config(args.out).get("train", {})
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        base = TrainConfig(**{k: v for k, v in stored.items() if k in known})
+        base = TrainConfig.from_dict(stored)  # nested, or flat from runs before the groups
         explicit = _typed_flags(args._argv) & set(TRAIN_FLAGS)
         changes = {TRAIN_FLAGS[f]: getattr(args, f) for f in explicit if TRAIN_FLAGS[f] in RESUMABLE}
         ignored = sorted(f for f in explicit if TRAIN_FLAGS[f] not in RESUMABLE)
@@ -167,9 +165,10 @@ def run_train(args: argparse.Namespace) -> int:
         if "steps" in changes or "minutes" in changes:  # a new stopping rule replaces the old one
             changes.setdefault("steps", None)
             changes.setdefault("minutes", None)
-        config = dataclasses.replace(base, **changes)
+        config = base.replace(**changes)
     else:
-        config = TrainConfig(**{field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()})
+        config = TrainConfig.from_flat(**{field: getattr(args, flag)
+                                          for flag, field in TRAIN_FLAGS.items()})
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
     return 0
 
