@@ -39,7 +39,7 @@ import torch
 
 from kuosan.data.emoji import STYLES, TONES, EmojiEntry
 from kuosan.errors import KuosanError
-from kuosan.images import _atomic_write, save_grid
+from kuosan.images import _atomic_write, save_grid, save_png
 from kuosan.metrics.emoji import (
     Recogniser,
     concept_key,
@@ -141,6 +141,7 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
     from kuosan import Pipeline
 
     pipe = Pipeline.load(args.model)
+    step = checkpoint_step(pipe.path)  # read at once: a running training may save a newer one
     styles = tuple(args.styles.split(",")) if args.styles else model_styles(pipe.config)
     draws = draw_captions(entries, styles, args.seed, args.counts)
     order = [i for g in draws for i in draws[g]]
@@ -152,20 +153,68 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
     labels, _, _ = entry_labels(entries, recogniser.config.styles, recogniser.config.concepts)
     hits = score(recogniser, samples, {k: v[order] for k, v in labels.items()})
     rows = {g: summarise(hits, torch.from_numpy(groups == g)) for g in draws}
+    if args.save_samples:
+        save_for_fid(Path(args.save_samples), samples, [entries[i] for i in order], pictures,
+                     entries, styles)
     mem = memorisation(samples, groups, pictures, entries, styles)
     nearest = mem.pop("_nearest")
     own = [concept_key(entries[n].code_points) == concept_key(entries[i].code_points)
            for n, i, g in zip(nearest, order, groups, strict=True) if g == "held-out style"]
     if own:
         mem["held-out style % nearest is own concept"] = 100 * float(np.mean(own))
+    edits = editing(pipe, recogniser, pictures, entries, labels, styles, args.editing, args.seed,
+                    args.sample_seed, args.steps, args.guidance) if args.editing else {}
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
-    return {"model": str(args.model), "step": checkpoint_step(pipe.path), "steps": args.steps,
+    return {"model": str(args.model), "step": step, "steps": args.steps,
             "guidance": guidance, "sampler": pipe.default_sampler, "seed": args.seed,
             "sample_seed": args.sample_seed, "styles": list(styles), "groups": rows,
-            "memorisation": mem, "generate_seconds": round(gen_s, 1),
+            "memorisation": mem, "editing": edits, "generate_seconds": round(gen_s, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "targets": check_targets(rows),
             "_grid": (samples, pictures[order], groups, captions)}
+
+
+def editing(pipe, recogniser: Recogniser, pictures: torch.Tensor, entries: list[EmojiEntry],
+            labels: dict[str, np.ndarray], styles: tuple[str, ...], n: int, seed: int,
+            sample_seed: int, steps: int, guidance: float | None) -> dict[str, dict[str, float]]:
+    """Style transfer and variation of ``n`` real pictures of seen one-code-point concepts seen in
+    two styles (drawn with ``default_rng(seed + 1)``), scored by the recogniser.
+
+    - style transfer: ``img2img`` (its default strength) of the picture in one style with the
+      caption of the other ("NAME, glossy style" from the flat picture); success = the style head
+      says the new style and the concept is in the top 5;
+    - vary: ``vary`` (its default strength, one variation, no prompt); success = the concept is in
+      the top 5 and the style head still says the source's style."""
+    from PIL import Image
+
+    if len(styles) < 2:
+        return {}
+    a, b = styles[:2]
+    index = {(e.code_points, e.style): i for i, e in enumerate(entries)}
+    pairs = [(index[(e.code_points, a)], index[(e.code_points, b)]) for e in entries
+             if e.style == a and len(e.code_points) == 1 and not e.held_out
+             and (e.code_points, b) in index and not entries[index[(e.code_points, b)]].held_out]
+    rng = np.random.default_rng(seed + 1)
+    picks = [pairs[j] for j in rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)]
+    src, dst, transferred, varied = [], [], [], []
+    for k, (i, j) in enumerate(picks):
+        i, j = (i, j) if k % 2 == 0 else (j, i)  # half flat -> glossy, half glossy -> flat
+        image = Image.fromarray(pictures[i].permute(1, 2, 0).numpy())
+        kw = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": sample_seed + k}
+        transferred += pipe.img2img(image, entries[j].caption, **kw)
+        varied += pipe.vary(image, num_images=1, **kw)
+        src.append(i)
+        dst.append(j)
+    out = {}
+    for name, images, targets in (("style transfer", transferred, dst), ("vary", varied, src)):
+        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                         for im in images])
+        hits = score(recogniser, x, {k: v[targets] for k, v in labels.items()})
+        ok = hits["top5"] & hits["style"]
+        out[name] = {"n": len(targets), "success": 100 * float(ok.float().mean()),
+                     "top5": 100 * float(hits["top5"].float().mean()),
+                     "style": 100 * float(hits["style"].float().mean())}
+    return out
 
 
 def check_targets(rows: dict[str, dict[str, float]]) -> list[dict]:
@@ -202,32 +251,57 @@ def save_sample_grid(path: Path, samples: torch.Tensor, real: torch.Tensor, grou
     save_grid(x, path, nrow=per_group, upscale=3, padding=2)
 
 
+def edit_lines(edits: dict[str, dict[str, float]]) -> list[str]:
+    if not edits:
+        return []
+    lines = ["Editing (%, `--editing`; success = concept top-5 and the right style):", "",
+             "| edit | n | success | top5 | style |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} |"
+              for k, r in edits.items()]
+    return [*lines, ""]
+
+
 def write_report(result: dict, tag: str, command: str) -> Path:
-    samples, real, groups, captions = result.pop("_grid")
+    samples, real, groups, _ = result.pop("_grid")
     stem = RESULTS / f"emoji_probe{'_' + tag if tag else ''}"
     save_sample_grid(stem.with_name(stem.name + "_grid.png"), samples, real, groups)
-    shown = [c for g in GROUPS for c, gg in zip(captions, groups, strict=True) if gg == g][:0]
     lines = [f"# Emoji probe: {result['model']} (step {result['step']})", "",
              f"`{command}`", "",
-             f"{result['steps']} steps, guidance {result['guidance']:g}, sampler {result['sampler']}, "
+             (f"{result['steps']} steps, guidance {result['guidance']:g}, sampler {result['sampler']}, "
              f"caption seed {result['seed']}, sample seed {result['sample_seed']}, styles "
              f"{', '.join(result['styles'])}; {result['threads']} thread(s), torch {result['torch']}, "
-             f"generation {result['generate_seconds']:.0f} s.", "",
-             "Recognised (%, by the emoji recogniser; tone over captions with a tone, gender over "
-             "captions of a woman/man/person):", "", *table(result["groups"], "captions"), "",
+             f"generation {result['generate_seconds']:.0f} s."), "",
+             ("Recognised (%, by the emoji recogniser; tone over captions with a tone, gender over "
+             "captions of a woman/man/person):"), "", *table(result["groups"], "captions"), "",
              "Memorisation (pixel L2 to the nearest training picture, values 0..1 over 3·32·32):",
              "", "| figure | value |", "|---|---|",
              *[f"| {k} | {v:.2f} |" for k, v in result["memorisation"].items()], "",
+             *edit_lines(result.get("editing", {})),
              "Targets:", "", *[f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}"
                                for t in result["targets"]], "",
              f"![real (top) and sampled (bottom) for each group]({stem.name}_grid.png)", "",
-             "*Rows in pairs, per group (seen, held-out style, held-out tone): the real picture "
-             "the caption names, then the sample.*", *shown]
+             ("*Rows in pairs, per group (seen, held-out style, held-out tone): the real picture "
+             "the caption names, then the sample.*")]
     text = "\n".join(lines) + "\n"
     _atomic_write(stem.with_suffix(".md"), lambda f: f.write(text.encode("utf-8")))
     data = json.dumps(result, indent=2).encode("utf-8")
     _atomic_write(stem.with_suffix(".json"), lambda f: f.write(data))
     return stem.with_suffix(".md")
+
+
+def save_for_fid(folder: Path, samples: torch.Tensor, sample_entries: list[EmojiEntry],
+                 pictures: torch.Tensor, entries: list[EmojiEntry], styles: tuple[str, ...]) -> None:
+    """The FID hook: PNG folders ``samples/STYLE/`` (the samples of captions of that style) and
+    ``real/STYLE/`` (every real picture of that style, held-out ones too), for a folder-to-folder
+    FID such as ``kuosan eval``'s, per style."""
+    from PIL import Image
+
+    for kind, xs, es in (("samples", samples, sample_entries), ("real", pictures, entries)):
+        for i, (x, e) in enumerate(zip(xs, es, strict=True)):
+            if e.style in styles:
+                out = folder / kind / e.style / f"{i:05d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                save_png(Image.fromarray(x.permute(1, 2, 0).numpy()), out)
 
 
 def git_commit() -> str:
@@ -244,6 +318,7 @@ def append_history(result: dict, path: Path | None = None) -> None:
     row = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "commit": git_commit(), "model": result["model"], "step": result["step"],
            "groups": result["groups"], "memorisation": result["memorisation"],
+           "editing": result.get("editing", {}),
            "targets": {t["target"]: t["pass"] for t in result["targets"]}}
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
@@ -259,9 +334,9 @@ def validate(recogniser: Recogniser, pictures: torch.Tensor, entries: list[Emoji
     rows = evaluate(recogniser, pictures, labels, groups, seed=1, views=views)
     c = recogniser.config
     return "\n".join([
-        f"Emoji recogniser: {len(c.concepts)} concepts, styles {', '.join(c.styles)}, "
+        (f"Emoji recogniser: {len(c.concepts)} concepts, styles {', '.join(c.styles)}, "
         f"{len(pictures)} real pictures, {c.epochs} epochs, trained in {c.train_seconds:.0f} s; "
-        f"{views} fresh augmented view(s) per picture (seed 1):", "",
+        f"{views} fresh augmented view(s) per picture (seed 1):"), "",
         *table(rows, "real pictures")])
 
 
@@ -291,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="captions per group (default seen=128,held-out_style=128,held-out_tone=64)")
     p.add_argument("--styles", default=None, help="the model's styles, comma-separated "
                    "(default: its config.json 'styles', else flat,glossy)")
+    p.add_argument("--editing", type=int, default=0, metavar="N",
+                   help="also style-transfer and vary N real pictures (default 0: no editing)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--save-samples", metavar="DIR", default=None,
+                   help="write samples/STYLE/*.png and real/STYLE/*.png there (for FID per style)")
     p.add_argument("--tag", default="", help="suffix of the report's file names")
     p.add_argument("--no-history", action="store_true", help="do not append to the history")
     args = p.parse_args(argv)
@@ -299,14 +378,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --model (a checkpoint folder or bundled name) or --validate")
     if args.threads:
         torch.set_num_threads(args.threads)
+    command = "python3 benchmarks/emoji_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         recogniser, pictures, entries = load_or_train(progress=True)
         if args.validate:
-            print(validate(recogniser, pictures, entries, args.views))
+            text = validate(recogniser, pictures, entries, args.views)
+            out = RESULTS / "emoji_probe_recogniser.md"
+            _atomic_write(out, lambda f: f.write(f"{text}\n\n`{command}`\n".encode()))
+            print(text)
         if args.model:
             result = probe(args, recogniser, pictures, entries)
-            path = write_report(result, args.tag, "python3 benchmarks/emoji_probe.py "
-                                + " ".join(sys.argv[1:] if argv is None else argv))
+            path = write_report(result, args.tag, command)
             if not args.no_history:
                 append_history(result)
             print(path.read_text())

@@ -79,7 +79,8 @@ def test_entry_labels_group_variants_and_name_the_neutral_one_person():
 
 def tiny_world() -> tuple[torch.Tensor, list[EmojiEntry]]:
     """6 concepts (a coloured square at one of six places) × 2 styles (flat: filled; glossy: with
-    a black frame) × tone none or one of two tones (the square's colour) for concept 0."""
+    a black frame) × tone none or one of two tones (the square's colour) for concept 0; held out
+    as the contract says (U+1F44E never flat, U+1F44F never glossy) and the dark tone."""
     colours = [(220, 40, 40), (40, 160, 40), (40, 40, 220), (200, 160, 0), (150, 0, 150), (0, 150, 150)]
     tones = {None: None, 0x1F3FB: (250, 220, 190), DARK: (90, 55, 30)}
     pictures, entries = [], []
@@ -93,16 +94,23 @@ def tiny_world() -> tuple[torch.Tensor, list[EmojiEntry]]:
                     x[top:top + 12, left:left + 2] = 0
                     x[top:top + 12, left + 8:left + 10] = 0
                 cps = (0x1F44D + c, tone_cp) if tone_cp else (0x1F44D + c,)
+                held = cps[0] % 17 == STYLES.index(style) or tone_cp == DARK
                 pictures.append(torch.from_numpy(x).permute(2, 0, 1))
-                entries.append(entry(cps, f"thing {c}", style, TONES.get(tone_cp)))
+                entries.append(entry(cps, f"thing {c}", style, TONES.get(tone_cp), held))
     return torch.stack(pictures), entries
 
 
-def test_recogniser_trains_scores_and_round_trips(tmp_path):
+@pytest.fixture(scope="module")
+def tiny():
     pictures, entries = tiny_world()
     labels, concepts, names = entry_labels(entries, ("flat", "glossy"))
     config = RecogniserConfig(**{**TINY.__dict__, "concepts": concepts, "concept_names": names})
-    recogniser = train_recogniser(pictures, labels, config)
+    return train_recogniser(pictures, labels, config), pictures, entries, labels
+
+
+def test_recogniser_trains_scores_and_round_trips(tiny, tmp_path):
+    recogniser, pictures, entries, labels = tiny
+    concepts = recogniser.config.concepts
     rows = evaluate(recogniser, pictures, labels, {"glossy": np.array([e.style == "glossy"
                                                                         for e in entries])}, views=4)
     # 6 well-separated concepts and 2 styles, 120 steps: chance is 17 % (concept) and 50 %
@@ -187,3 +195,21 @@ def test_report_structure_targets_and_history(probe, tmp_path, monkeypatch):
     probe.append_history(result, tmp_path / "h.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"date", "commit", "model", "step", "groups"} <= rows[0].keys()
+
+
+def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "RESULTS", tmp_path)
+    recogniser, pictures, entries, _ = tiny
+    args = probe.argparse.Namespace(
+        model=str(tiny_text_run), styles="flat,glossy", seed=0, sample_seed=5, steps=2,
+        guidance=None, counts={"seen": 3, "held-out style": 2, "held-out tone": 1},
+        save_samples=str(tmp_path / "fid"), editing=2)
+    result = probe.probe(args, recogniser, pictures, entries)
+    assert [r["n"] for r in result["groups"].values()] == [3, 2, 1]
+    assert {"real held-out median", "seen median", "held-out style % nearest is own concept"} \
+        <= result["memorisation"].keys()
+    assert [r["n"] for r in result["editing"].values()] == [2, 2]
+    assert len(list((tmp_path / "fid" / "real" / "flat").glob("*.png"))) == 8
+    assert len(list((tmp_path / "fid" / "samples").rglob("*.png"))) == 6
+    md = probe.write_report(result, "e2e", "cmd").read_text()
+    assert "| held-out tone | 1 |" in md and "| style transfer | 2 |" in md
