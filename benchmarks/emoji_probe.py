@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kuosan.data.emoji import STYLES, TONES, EmojiEntry
+from kuosan.checkpoint import load_config, resolve_model
+from kuosan.data.emoji import DEFAULT_STYLES, STYLES, TONES, EmojiEntry
 from kuosan.errors import KuosanError
 from kuosan.images import _atomic_write, save_grid, save_png
 from kuosan.metrics.emoji import (
@@ -96,8 +97,6 @@ def nearest_distance(x: torch.Tensor, train: torch.Tensor, chunk: int = 256) -> 
 
 def model_styles(config: dict) -> tuple[str, ...]:
     """The style words of a checkpoint (config.json "styles", else the data's default)."""
-    from kuosan.data.emoji import DEFAULT_STYLES
-
     return tuple(config.get("styles") or config.get("data", {}).get("styles") or DEFAULT_STYLES)
 
 
@@ -142,7 +141,7 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
 
     pipe = Pipeline.load(args.model)
     step = checkpoint_step(pipe.path)  # read at once: a running training may save a newer one
-    styles = tuple(args.styles.split(",")) if args.styles else model_styles(pipe.config)
+    styles = recogniser.config.styles  # the model's (main)
     draws = draw_captions(entries, styles, args.seed, args.counts)
     order = [i for g in draws for i in draws[g]]
     groups = np.array([g for g in draws for _ in draws[g]])
@@ -380,7 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     command = "python3 benchmarks/emoji_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        recogniser, pictures, entries = load_or_train(progress=True)
+        styles = args.styles.split(",") if args.styles else DEFAULT_STYLES
+        if args.model and not args.styles:
+            styles = model_styles(load_config(resolve_model(args.model)))
+        recogniser, pictures, entries = load_or_train(tuple(styles), progress=True)
         if args.validate:
             text = validate(recogniser, pictures, entries, args.views)
             out = RESULTS / "emoji_probe_recogniser.md"
