@@ -318,7 +318,7 @@ def evaluate(
     recogniser: Recogniser, pictures: Tensor, labels: dict[str, np.ndarray],
     groups: dict[str, np.ndarray], seed: int = 1, views: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """``summarise`` of ``views`` fresh augmentations (``default`` seed 1, unlike training's 0)
+    """``summarise`` of ``views`` fresh augmentations (seed 1 by default; training uses 0)
     of the real pictures, overall ('all') and for each boolean mask in ``groups``."""
     gen = torch.Generator().manual_seed(seed)
     hits: dict[str, list[Tensor]] = {}
