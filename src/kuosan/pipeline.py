@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -88,6 +89,7 @@ class Pipeline:
         self.limits = Limits() if limits is None else limits
         self.source = source or name
         self.digest = digest if digest is not None else (weights_digest(path) if path else "")
+        self._language = None  # the caption language of enhance_prompt, made on first use
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto",
@@ -197,19 +199,39 @@ class Pipeline:
                  num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
                  generator: Generators = None, sampler: str | None = None,
                  negative_prompt: str | None = None, batch_size: int = 64, progress: bool = False,
-                 **sampler_kwargs) -> Result:
+                 enhance_prompt: bool = False, **sampler_kwargs) -> Result:
         """Images for a prompt (or a list of prompts), diffusers' argument names.
 
         Classifier-free guidance with ``guidance_scale`` (1 = none; default: the checkpoint's,
         :attr:`default_guidance`); the unconditional branch is the empty caption, or
         ``negative_prompt``. Image i of the output (prompts in order, each repeated
         ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
+        ``enhance_prompt``: each prompt goes through :meth:`enhance_prompt` first; the result's
+        prompts are the rewrites and ``settings["user_prompt"]`` holds what was typed.
         """
-        return self.run(Request.of(
+        typed = prompt
+        if enhance_prompt:
+            prompt = (self.enhance_prompt(prompt) if isinstance(prompt, str)
+                      else [self.enhance_prompt(p) for p in prompt])
+        result = self.run(Request.of(
             "generate", prompt=prompt, negative_prompt=negative_prompt, seed=seed,
             num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, generator=generator, sampler=sampler,
             batch_size=batch_size, progress=progress, **sampler_kwargs))
+        if not enhance_prompt:
+            return result
+        user = typed if isinstance(typed, str) else list(typed)
+        return replace(result, settings={**result.settings, "user_prompt": user})
+
+    def enhance_prompt(self, text: str) -> str:
+        """``text`` in this model's caption language (:mod:`kuosan.enhance`, docs/enhance.md):
+        "a crimson ball over a navy box" → "a red circle above a blue square"; ``text``
+        unchanged when nothing maps. ShapesWorld models only, for now."""
+        from .enhance import enhance_prompt, language_for
+
+        if self._language is None:
+            self._language = language_for(self)
+        return enhance_prompt(text, self._language)
 
     def inpaint(self, image: Image.Image | Sequence[Image.Image],
                 mask_image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str] = "", *,
@@ -308,7 +330,7 @@ class Pipeline:
         steps = num_inference_steps or (self.schedule.T if sampler == "ddpm" else 20)
         r = Request.of("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
                        sampler=sampler, batch_size=batch_size, progress=progress, **sampler_kwargs)
-        self._check(r, 1, self.item_pixels, [])
+        self._check(r, 1, self.item_pixels, [], names={"images": "n"})
         model = self.model
         if self.is_text_conditioned:
             model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
@@ -318,16 +340,17 @@ class Pipeline:
     # -- the tasks: check everything, then a generator of batches (the one loop: _batches) --
 
     def _check(self, r: Request, edits: int, pixels: int, prompts: Sequence[str],
-               resample: int = 1) -> None:
-        """Count-like arguments are integers >= 1 and the call (``edits`` inputs, each made
-        ``num_images_per_prompt`` times) is within :attr:`limits`."""
-        n = check_count("num_images_per_prompt", r.num_images_per_prompt)  # steps, resample:
-        # the samplers' own checks (at the first batch, still before any work)
+               resample: int = 1, names: dict[str, str] | None = None) -> None:
+        """The call (``edits`` inputs, each made ``num_images_per_prompt`` times) is within
+        :attr:`limits` (a non-integer steps or resample is left to the samplers' own checks,
+        which come at the first batch, still before any work)."""
+        n = check_count("num_images_per_prompt", r.num_images_per_prompt)
         outpaint = r.task == "outpaint"
+        if outpaint:
+            names = {"pixels": "image with left/top/right/bottom"}
         self.limits.check(images=edits * n, steps=r.num_inference_steps, resample=resample,
                           pixels=pixels, borders={s: getattr(r, s) for s in SIDES} if outpaint else None,
-                          prompts=prompts, negative_prompt=r.negative_prompt,
-                          names={"pixels": "image with left/top/right/bottom"} if outpaint else None)
+                          prompts=prompts, negative_prompt=r.negative_prompt, names=names)
 
     def _batches(self, r: Request, edits: int, make: Callable[[range, Generators], list],
                  prompt_of: Callable[[int], str], sampler: str, **resolved) -> Iterator[Result]:

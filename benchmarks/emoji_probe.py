@@ -1,0 +1,404 @@
+"""The emoji probe: does a text-to-image model draw the emoji a caption names, in its style, with
+its skin tone and gender, for seen and for held-out combinations (docs/emoji-32.md)?
+
+Captions are catalogue captions ("NAME, STYLE style") of three groups, drawn with
+``default_rng(seed)`` in this order, without replacement, among the model's styles:
+
+- ``seen``: (concept, style, tone) pictures the model trained on;
+- ``held-out style``: concept × style pairs held out by the contract (base code point c never in
+  style number c % 17), tone variants included;
+- ``held-out tone``: (role, tone) pairs held out (tone number sum(base) % 5), in seen styles.
+
+Each caption is generated once at ``--steps`` (20) and the model's default guidance (or
+``--guidance``), image i seeded ``--sample-seed + i``. The recogniser (``kuosan.metrics.emoji``,
+trained on every real picture, cached) scores each image: top-1/top-5 concept (tone and gender
+variants are one concept), style, skin tone (over captions with a tone) and gender (over captions
+of a woman/man/person). Memorisation is measured in pixel space: the L2 distance (pixel values in
+0..1, over 3·32·32 values) from each sample to its nearest training picture, beside the same
+distance for the held-out real pictures (new real pictures of the same world).
+
+    OMP_NUM_THREADS=2 python3 benchmarks/emoji_probe.py --model /work/runs/emoji-32
+    python3 benchmarks/emoji_probe.py --validate      # the recogniser on augmented real pictures
+
+Writes ``benchmarks/results/emoji_probe[_TAG].md`` / ``.json`` / ``_grid.png`` and appends a row to
+``benchmarks/results/emoji_probe_history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kuosan.checkpoint import load_config, resolve_model
+from kuosan.data.emoji import DEFAULT_STYLES, STYLES, TONES, EmojiEntry
+from kuosan.errors import KuosanError
+from kuosan.images import _atomic_write, save_grid, save_png
+from kuosan.metrics.emoji import (
+    Recogniser,
+    concept_key,
+    entry_labels,
+    evaluate,
+    load_or_train,
+    score,
+    summarise,
+)
+
+GROUPS = {"seen": 128, "held-out style": 128, "held-out tone": 64}
+TARGETS = [  # (group, figure, at least %)
+    ("seen", "top5", 80.0), ("held-out style", "top5", 50.0),
+    ("seen", "tone", 70.0), ("seen", "gender", 70.0)]
+RESULTS = Path(__file__).resolve().parent / "results"
+HELD_OUT_MODULUS = 17
+
+
+def group_of(e: EmojiEntry) -> str:
+    """'seen', 'held-out style' (the contract's c % 17 rule) or 'held-out tone' (the rest)."""
+    if not e.held_out:
+        return "seen"
+    base = tuple(cp for cp in e.code_points if cp not in TONES)
+    if len(base) == 1 and base[0] % HELD_OUT_MODULUS == STYLES.index(e.style):
+        return "held-out style"
+    return "held-out tone"
+
+
+def draw_captions(
+    entries: list[EmojiEntry], styles: tuple[str, ...], seed: int, counts: dict[str, int]
+) -> dict[str, list[int]]:
+    """Indices into ``entries``: ``counts[group]`` of each group (fewer if fewer exist), in the
+    model's ``styles``, drawn in the order of ``counts`` from ``default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for group, n in counts.items():
+        pool = [i for i, e in enumerate(entries) if e.style in styles and group_of(e) == group]
+        pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []
+        out[group] = [pool[j] for j in pick]
+    return out
+
+
+def nearest_distance(x: torch.Tensor, train: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each picture's nearest training picture: L2 over pixel values in 0..1."""
+    a, b = x.flatten(1).float() / 255, train.flatten(1).float() / 255
+    dist, idx = [], []
+    for i in range(0, len(a), chunk):
+        d = torch.cdist(a[i:i + chunk], b)
+        m = d.min(1)
+        dist.append(m.values)
+        idx.append(m.indices)
+    return torch.cat(dist), torch.cat(idx)
+
+
+def model_styles(config: dict) -> tuple[str, ...]:
+    """The style words of a checkpoint (config.json "styles", else the data's default)."""
+    return tuple(config.get("styles") or config.get("data", {}).get("styles") or DEFAULT_STYLES)
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    try:
+        return int(json.loads((path / "training_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def generate(pipe, captions: list[str], steps: int, guidance: float | None, seed: int) -> torch.Tensor:
+    """(N, 3, H, W) uint8 samples, image i seeded ``seed + i``, in batches of 32."""
+    images = pipe.generate(captions, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
+                           batch_size=32)
+    return torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                        for im in images])
+
+
+def memorisation(samples: torch.Tensor, groups: np.ndarray, pictures: torch.Tensor,
+                 entries: list[EmojiEntry], styles: tuple[str, ...]) -> dict[str, float]:
+    """Median pixel L2 to the nearest training picture, for the samples of each group and for the
+    held-out real pictures; the % of samples nearer than the 5th percentile of the real ones; and
+    the % of held-out-style samples whose nearest training picture is their own concept (in the
+    other style: a copy across styles)."""
+    train = [i for i, e in enumerate(entries) if e.style in styles and not e.held_out]
+    real = [i for i, e in enumerate(entries) if e.style in styles and e.held_out]
+    d_real, _ = nearest_distance(pictures[real], pictures[train])
+    d, idx = nearest_distance(samples, pictures[train])
+    p5 = float(torch.quantile(d_real, 0.05))
+    out = {"real held-out median": float(d_real.median()), "real held-out 5th percentile": p5}
+    for g in GROUPS:
+        m = torch.from_numpy(groups == g)
+        if m.any():
+            out[f"{g} median"] = float(d[m].median())
+            out[f"{g} % < real p5"] = 100 * float((d[m] < p5).float().mean())
+    return out | {"_nearest": [train[int(j)] for j in idx]}
+
+
+def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tensor,
+          entries: list[EmojiEntry]) -> dict:
+    from kuosan import Pipeline
+
+    pipe = Pipeline.load(args.model)
+    step = checkpoint_step(pipe.path)  # read at once: a running training may save a newer one
+    styles = recogniser.config.styles  # the model's (main)
+    draws = draw_captions(entries, styles, args.seed, args.counts)
+    order = [i for g in draws for i in draws[g]]
+    groups = np.array([g for g in draws for _ in draws[g]])
+    captions = [entries[i].caption for i in order]
+    start = time.perf_counter()
+    samples = generate(pipe, captions, args.steps, args.guidance, args.sample_seed)
+    gen_s = time.perf_counter() - start
+    labels, _, _ = entry_labels(entries, recogniser.config.styles, recogniser.config.concepts)
+    hits = score(recogniser, samples, {k: v[order] for k, v in labels.items()})
+    rows = {g: summarise(hits, torch.from_numpy(groups == g)) for g in draws}
+    if args.save_samples:
+        save_for_fid(Path(args.save_samples), samples, [entries[i] for i in order], pictures,
+                     entries, styles)
+    mem = memorisation(samples, groups, pictures, entries, styles)
+    nearest = mem.pop("_nearest")
+    own = [concept_key(entries[n].code_points) == concept_key(entries[i].code_points)
+           for n, i, g in zip(nearest, order, groups, strict=True) if g == "held-out style"]
+    if own:
+        mem["held-out style % nearest is own concept"] = 100 * float(np.mean(own))
+    edits = editing(pipe, recogniser, pictures, entries, labels, styles, args.editing, args.seed,
+                    args.sample_seed, args.steps, args.guidance) if args.editing else {}
+    guidance = pipe.default_guidance if args.guidance is None else args.guidance
+    return {"model": str(args.model), "step": step, "steps": args.steps,
+            "guidance": guidance, "sampler": pipe.default_sampler, "seed": args.seed,
+            "sample_seed": args.sample_seed, "styles": list(styles), "groups": rows,
+            "memorisation": mem, "editing": edits, "generate_seconds": round(gen_s, 1),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "targets": check_targets(rows),
+            "_grid": (samples, pictures[order], groups, captions)}
+
+
+def editing(pipe, recogniser: Recogniser, pictures: torch.Tensor, entries: list[EmojiEntry],
+            labels: dict[str, np.ndarray], styles: tuple[str, ...], n: int, seed: int,
+            sample_seed: int, steps: int, guidance: float | None) -> dict[str, dict[str, float]]:
+    """Style transfer and variation of ``n`` real pictures of seen one-code-point concepts seen in
+    two styles (drawn with ``default_rng(seed + 1)``), scored by the recogniser.
+
+    - style transfer: ``img2img`` (its default strength) of the picture in one style with the
+      caption of the other ("NAME, glossy style" from the flat picture); success = the style head
+      says the new style and the concept is in the top 5;
+    - vary: ``vary`` (its default strength, one variation, no prompt); success = the concept is in
+      the top 5 and the style head still says the source's style."""
+    from PIL import Image
+
+    if len(styles) < 2:
+        return {}
+    a, b = styles[:2]
+    index = {(e.code_points, e.style): i for i, e in enumerate(entries)}
+    pairs = [(index[(e.code_points, a)], index[(e.code_points, b)]) for e in entries
+             if e.style == a and len(e.code_points) == 1 and not e.held_out
+             and (e.code_points, b) in index and not entries[index[(e.code_points, b)]].held_out]
+    rng = np.random.default_rng(seed + 1)
+    picks = [pairs[j] for j in rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)]
+    src, dst, transferred, varied = [], [], [], []
+    for k, (i, j) in enumerate(picks):
+        i, j = (i, j) if k % 2 == 0 else (j, i)  # half flat -> glossy, half glossy -> flat
+        image = Image.fromarray(pictures[i].permute(1, 2, 0).numpy())
+        kw = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": sample_seed + k}
+        transferred += pipe.img2img(image, entries[j].caption, **kw)
+        varied += pipe.vary(image, num_images=1, **kw)
+        src.append(i)
+        dst.append(j)
+    out = {}
+    for name, images, targets in (("style transfer", transferred, dst), ("vary", varied, src)):
+        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                         for im in images])
+        hits = score(recogniser, x, {k: v[targets] for k, v in labels.items()})
+        ok = hits["top5"] & hits["style"]
+        out[name] = {"n": len(targets), "success": 100 * float(ok.float().mean()),
+                     "top5": 100 * float(hits["top5"].float().mean()),
+                     "style": 100 * float(hits["style"].float().mean())}
+    return out
+
+
+def check_targets(rows: dict[str, dict[str, float]]) -> list[dict]:
+    """Each target with its figure and PASS/FAIL (a missing or NaN figure fails)."""
+    out = []
+    for group, key, bound in TARGETS:
+        value = rows.get(group, {}).get(key, float("nan"))
+        ok = bool(value >= bound)  # NaN >= bound is False
+        out.append({"target": f"{group} {key} >= {bound:g} %", "value": value, "pass": ok})
+    return out
+
+
+def table(rows: dict[str, dict[str, float]], first: str) -> list[str]:
+    cols = ["n", "top1", "top5", "style", "tone", "gender"]
+    lines = [f"| {first} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        cells = [str(r["n"])] + [f"{r[c]:.1f}" for c in cols[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def save_sample_grid(path: Path, samples: torch.Tensor, real: torch.Tensor, groups: np.ndarray,
+                     per_group: int = 8) -> None:
+    """For each group, a row of real pictures (what the caption names) above a row of samples."""
+    rows = []
+    for g in GROUPS:
+        idx = np.flatnonzero(groups == g)[:per_group]
+        if len(idx) == 0:
+            continue
+        pad = per_group - len(idx)
+        blank = torch.full((pad, *real.shape[1:]), 255, dtype=torch.uint8)
+        rows += [torch.cat([real[idx], blank]), torch.cat([samples[idx], blank])]
+    x = torch.cat(rows).float() / 127.5 - 1
+    save_grid(x, path, nrow=per_group, upscale=3, padding=2)
+
+
+def edit_lines(edits: dict[str, dict[str, float]]) -> list[str]:
+    if not edits:
+        return []
+    lines = ["Editing (%, `--editing`; success = concept top-5 and the right style):", "",
+             "| edit | n | success | top5 | style |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} |"
+              for k, r in edits.items()]
+    return [*lines, ""]
+
+
+def write_report(result: dict, tag: str, command: str) -> Path:
+    samples, real, groups, _ = result.pop("_grid")
+    stem = RESULTS / f"emoji_probe{'_' + tag if tag else ''}"
+    save_sample_grid(stem.with_name(stem.name + "_grid.png"), samples, real, groups)
+    lines = [f"# Emoji probe: {result['model']} (step {result['step']})", "",
+             f"`{command}`", "",
+             (f"{result['steps']} steps, guidance {result['guidance']:g}, sampler {result['sampler']}, "
+             f"caption seed {result['seed']}, sample seed {result['sample_seed']}, styles "
+             f"{', '.join(result['styles'])}; {result['threads']} thread(s), torch {result['torch']}, "
+             f"generation {result['generate_seconds']:.0f} s."), "",
+             ("Recognised (%, by the emoji recogniser; tone over captions with a tone, gender over "
+             "captions of a woman/man/person):"), "", *table(result["groups"], "captions"), "",
+             "Memorisation (pixel L2 to the nearest training picture, values 0..1 over 3·32·32):",
+             "", "| figure | value |", "|---|---|",
+             *[f"| {k} | {v:.2f} |" for k, v in result["memorisation"].items()], "",
+             *edit_lines(result.get("editing", {})),
+             "Targets:", "", *[f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}"
+                               for t in result["targets"]], "",
+             f"![real (top) and sampled (bottom) for each group]({stem.name}_grid.png)", "",
+             ("*Rows in pairs, per group (seen, held-out style, held-out tone): the real picture "
+             "the caption names, then the sample.*")]
+    text = "\n".join(lines) + "\n"
+    _atomic_write(stem.with_suffix(".md"), lambda f: f.write(text.encode("utf-8")))
+    data = json.dumps(result, indent=2).encode("utf-8")
+    _atomic_write(stem.with_suffix(".json"), lambda f: f.write(data))
+    return stem.with_suffix(".md")
+
+
+def save_for_fid(folder: Path, samples: torch.Tensor, sample_entries: list[EmojiEntry],
+                 pictures: torch.Tensor, entries: list[EmojiEntry], styles: tuple[str, ...]) -> None:
+    """The FID hook: PNG folders ``samples/STYLE/`` (the samples of captions of that style) and
+    ``real/STYLE/`` (every real picture of that style, held-out ones too), for a folder-to-folder
+    FID such as ``kuosan eval``'s, per style."""
+    from PIL import Image
+
+    for kind, xs, es in (("samples", samples, sample_entries), ("real", pictures, entries)):
+        for i, (x, e) in enumerate(zip(xs, es, strict=True)):
+            if e.style in styles:
+                out = folder / kind / e.style / f"{i:05d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                save_png(Image.fromarray(x.permute(1, 2, 0).numpy()), out)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_history(result: dict, path: Path | None = None) -> None:
+    """One JSON line per run: date, commit, model, step and the figures (never rewritten)."""
+    path = path or RESULTS / "emoji_probe_history.jsonl"
+    row = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "commit": git_commit(), "model": result["model"], "step": result["step"],
+           "groups": result["groups"], "memorisation": result["memorisation"],
+           "editing": result.get("editing", {}),
+           "targets": {t["target"]: t["pass"] for t in result["targets"]}}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def validate(recogniser: Recogniser, pictures: torch.Tensor, entries: list[EmojiEntry],
+             views: int) -> str:
+    """The recogniser on fresh augmentations (seed 1; training used seed 0) of every real picture:
+    all, per style, held-out pairs, with a tone, with a gender."""
+    labels, _, _ = entry_labels(entries, recogniser.config.styles, recogniser.config.concepts)
+    groups = {f"style {s}": np.array([e.style == s for e in entries]) for s in recogniser.config.styles}
+    groups |= {g: np.array([group_of(e) == g for e in entries]) for g in GROUPS}
+    rows = evaluate(recogniser, pictures, labels, groups, seed=1, views=views)
+    c = recogniser.config
+    return "\n".join([
+        (f"Emoji recogniser: {len(c.concepts)} concepts, styles {', '.join(c.styles)}, "
+        f"{len(pictures)} real pictures, {c.epochs} epochs, trained in {c.train_seconds:.0f} s; "
+        f"{views} fresh augmented view(s) per picture (seed 1):"), "",
+        *table(rows, "real pictures")])
+
+
+def counts_arg(text: str) -> dict[str, int]:
+    """``--counts seen=128,held-out style=128,held-out tone=64`` (underscores for spaces)."""
+    try:
+        counts = {k.strip().replace("_", " "): int(n)
+                  for k, n in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GROUP=N,… got {text!r}") from None
+    bad = sorted(set(counts) - set(GROUPS)) + [k for k, n in counts.items() if n < 0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"groups are {', '.join(GROUPS)} with N ≥ 0; bad: {bad}")
+    return {g: counts.get(g, 0) for g in GROUPS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="checkpoint folder or bundled name")
+    p.add_argument("--validate", action="store_true", help="score the recogniser on real pictures")
+    p.add_argument("--views", type=int, default=2, help="augmented views per picture (--validate)")
+    p.add_argument("--seed", type=int, default=19, help="caption draw")
+    p.add_argument("--sample-seed", type=int, default=1000, help="image i is seeded this + i")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's own")
+    p.add_argument("--counts", type=counts_arg, default=GROUPS, metavar="GROUP=N,…",
+                   help="captions per group (default seen=128,held-out_style=128,held-out_tone=64)")
+    p.add_argument("--styles", default=None, help="the model's styles, comma-separated "
+                   "(default: its config.json 'styles', else flat,glossy)")
+    p.add_argument("--editing", type=int, default=0, metavar="N",
+                   help="also style-transfer and vary N real pictures (default 0: no editing)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--save-samples", metavar="DIR", default=None,
+                   help="write samples/STYLE/*.png and real/STYLE/*.png there (for FID per style)")
+    p.add_argument("--tag", default="", help="suffix of the report's file names")
+    p.add_argument("--no-history", action="store_true", help="do not append to the history")
+    args = p.parse_args(argv)
+    if not args.model and not args.validate:
+        p.error("give --model (a checkpoint folder or bundled name) or --validate")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python3 benchmarks/emoji_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        styles = args.styles.split(",") if args.styles else DEFAULT_STYLES
+        if args.model and not args.styles:
+            styles = model_styles(load_config(resolve_model(args.model)))
+        recogniser, pictures, entries = load_or_train(tuple(styles), progress=True)
+        if args.validate:
+            text = validate(recogniser, pictures, entries, args.views)
+            out = RESULTS / "emoji_probe_recogniser.md"
+            _atomic_write(out, lambda f: f.write(f"{text}\n\n`{command}`\n".encode()))
+            print(text)
+        if args.model:
+            result = probe(args, recogniser, pictures, entries)
+            path = write_report(result, args.tag, command)
+            if not args.no_history:
+                append_history(result)
+            print(path.read_text())
+    except KuosanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
