@@ -35,7 +35,8 @@ _OUTPUT_NAME = re.compile(r"[0-9a-z-]{1,64}\.png")
 
 
 def create_app(pipe: Pipeline, model: str, outputs: Path, policy: Policy,
-               queue_size: int = 8) -> Starlette:
+               queue_size: int = 8, body_seconds: float = BODY_SECONDS,
+               max_body: int = MAX_BODY) -> Starlette:
     """The ASGI app over ``pipe`` (its ``limits`` are the server's); ``app.state.jobs`` holds
     the queue (close it on shutdown)."""
     jobs = Jobs(pipe, outputs, queue_size)
@@ -57,12 +58,12 @@ def create_app(pipe: Pipeline, model: str, outputs: Path, policy: Policy,
                                                   "img2img"],
             "limits": {**pipe.limits.as_dict(), "seed": [0, SEED_MAX],
                        "guidance": [0, GUIDANCE_MAX], "feather": [0, FEATHER_MAX],
-                       "strength": [0, 1], "body_bytes": MAX_BODY, "body_seconds": BODY_SECONDS,
+                       "strength": [0, 1], "body_bytes": max_body, "body_seconds": body_seconds,
                        "upload_pixels": UPLOAD_PIXELS, "queue": queue_size},
             "queue": {"waiting": jobs.waiting(), "size": queue_size}})
 
     async def submit(request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, max_body, body_seconds)
         spec = await asyncio.to_thread(parse_job, body, pipe)  # image decoding: off the loop
         try:
             job = jobs.submit(spec)
@@ -141,22 +142,31 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         job, last = self.job, None
+        left = asyncio.Event()
+
+        async def watch() -> None:  # uvicorn's send() is silent once the client has left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left.set()
+
+        watcher = asyncio.create_task(watch())
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"no")]})
         try:
-            while True:
+            while not left.is_set():
                 now = (job.state, round(job.progress, 3), job.preview)
                 if job.state in FINISHED:
                     await send(_event("done", job.as_dict(), more=False))
                     return
-                # a change, or a comment line now and then: a client that left is found out
+                # a change, or a comment line now and then
                 await send(_event("progress", {"state": now[0], "progress": now[1],
                                                "preview": now[2]}) if now != last else _KEEP)
                 last = now
                 await asyncio.sleep(EVENT_SECONDS)
-        except OSError:  # the client left (uvicorn's ClientDisconnected)
+        except OSError:  # the client left
             pass
         finally:
+            watcher.cancel()
             if job.state not in FINISHED:
                 self.jobs.cancel(job.id)
 
@@ -190,15 +200,44 @@ def check_listen(host: str, port: int, token: str | None) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Starlette, sock: socket.socket) -> Any:
-    """uvicorn on ``sock``: a listen backlog of 1024, idle keep-alive connections closed after
-    5 s, at most 256 connections at once (more: 503), no access log."""
+IDLE_SECONDS = 10.0  # a connection with no request under way is closed after at most this
+
+
+def uvicorn_server(app: Starlette, sock: socket.socket, idle_seconds: float = IDLE_SECONDS
+                   ) -> Any:
+    """uvicorn on ``sock``: a listen backlog of 1024, at most 256 connections at once (more:
+    503), idle keep-alive connections closed after 5 s and half-sent requests after
+    ``idle_seconds`` (:func:`closing_idle`), no access log."""
     import uvicorn
 
-    config = uvicorn.Config(app, backlog=1024, timeout_keep_alive=5, limit_concurrency=256,
-                            log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, http=closing_idle(idle_seconds), backlog=1024,
+                            timeout_keep_alive=5, limit_concurrency=256, log_level="warning",
+                            access_log=False, lifespan="off", timeout_graceful_shutdown=2)
     return uvicorn.Server(config)
+
+
+def closing_idle(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection that has no request under way (headers
+    never finished, or a response sent and nothing since) at each tick of ``seconds``: uvicorn
+    itself times out idle keep-alive connections, not half-sent headers (slowloris)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._tick = self.loop.call_later(seconds, self._close_if_idle)
+
+        def _close_if_idle(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+            else:
+                self._tick = self.loop.call_later(seconds, self._close_if_idle)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._tick.cancel()
+            super().connection_lost(exc)
+
+    return Protocol
 
 
 def serve(pipe: Pipeline, model: str, sock: socket.socket, outputs: str | Path = "outputs",

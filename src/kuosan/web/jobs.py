@@ -68,8 +68,11 @@ class Job:
 
 
 def new_id() -> str:
-    """A job id that sorts by time: 20261204-213212-9f3a1c."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    """A job id that sorts by time (UTC, to the microsecond), then 4 random hex digits:
+    20261204-213212-048213-9f3a."""
+    now = time.time()
+    return (time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{int(now % 1 * 1e6):06d}-"
+            + secrets.token_hex(2))
 
 
 class Jobs:

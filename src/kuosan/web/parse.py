@@ -218,9 +218,10 @@ def _image(body: dict, name: str, max_pixels: int, label: str | None = None) -> 
             image.load()
     except Refused:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own cap
+        raise Refused(413, f"{name}: over the limit of {max_pixels:,} pixels") from None
     except UnidentifiedImageError:
         raise Refused(422, f"{label or name}: not a PNG, JPEG or WebP image") from None
-    except (binascii.Error, ValueError, OSError, SyntaxError, EOFError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (binascii.Error, ValueError, OSError, SyntaxError, EOFError) as err:
         raise Refused(422, f"{label or name}: cannot decode the image ({err})") from None
     return image
