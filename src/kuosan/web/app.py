@@ -200,18 +200,18 @@ def check_listen(host: str, port: int, token: str | None) -> socket.socket:
     return sock
 
 
-IDLE_SECONDS = 10.0  # a connection with no request under way is closed after at most this
+IDLE_SECONDS = 5.0  # a connection with no request under way is closed after at most this
 
 
 def uvicorn_server(app: Starlette, sock: socket.socket, idle_seconds: float = IDLE_SECONDS
                    ) -> Any:
-    """uvicorn on ``sock``: a listen backlog of 1024, at most 256 connections at once (more:
+    """uvicorn on ``sock``: a listen backlog of 1024, at most 1024 connections at once (more:
     503), idle keep-alive connections closed after 5 s and half-sent requests after
     ``idle_seconds`` (:func:`closing_idle`), no access log."""
     import uvicorn
 
     config = uvicorn.Config(app, http=closing_idle(idle_seconds), backlog=1024,
-                            timeout_keep_alive=5, limit_concurrency=256, log_level="warning",
+                            timeout_keep_alive=5, limit_concurrency=1024, log_level="warning",
                             access_log=False, lifespan="off", timeout_graceful_shutdown=2)
     return uvicorn.Server(config)
 
