@@ -7,7 +7,10 @@ count: ``_threads_unchanged`` fails the test that does (a test of a ``--threads`
 current count); (2) a bit-exact test makes both runs it compares inside the test, side by side,
 never against a run made earlier by a fixture or another test; (3) across processes it pins
 ``OMP_NUM_THREADS`` in the child's environment. Where exactness cannot hold (a different reduction
-order), the test's tolerance says in a comment where its bound comes from.
+order), the test's tolerance says in a comment where its bound comes from. (4) Every test starts
+from the same global RNG seed (``_seeded``), so what it draws does not depend on which tests ran
+before it; module-level and parametrize-time draws use a seeded ``torch.Generator``, since they
+run at collection, before any fixture. docs/testing.md says more, and gives the tolerance rule.
 """
 
 import pytest

@@ -1,8 +1,12 @@
 """The `kuosan` command: end to end on tiny runs, and one-line errors for a user's mistakes."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -32,6 +36,15 @@ def test_sample_folder_and_grid(digits_run, tmp_path):
     assert Image.open(grid).size[0] > 8
 
 
+def test_sample_defaults_to_the_models_fast_sampler(digits_run, tmp_path, capsys):
+    assert main(["sample", str(digits_run), "-n", "2", "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    assert "(dpmpp_2m, 20 steps" in capsys.readouterr().out
+    assert main(["sample", str(digits_run), "-n", "2", "--sampler", "ddpm", "--out",
+                 str(tmp_path / "b"), "--no-progress"]) == 0  # DDPM's full chain: one flag away
+    assert "(ddpm, 1000 steps" in capsys.readouterr().out
+
+
 def test_sample_is_seeded_and_per_image(digits_run, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     main(["sample", str(digits_run), "-n", "3", "--steps", "4", "--seed", "5", "--out", str(a), "--no-progress"])
@@ -42,6 +55,7 @@ def test_sample_is_seeded_and_per_image(digits_run, tmp_path):
 def test_eval_nll(digits_run, capsys):
     assert main(["eval", str(digits_run), "--nll", "--examples", "8", "--timesteps", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    # a sanity range: a 3-step model's bound is ~6 bits/dim, uniform over 256 levels is 8
     assert result["unit"] == "bits/dim" and 0 < result["nll"] < 20
     assert main(["eval", str(digits_run), "--nll", "--empty-captions"]) == 2
     assert "--empty-captions applies to text models" in capsys.readouterr().err
@@ -66,9 +80,11 @@ def test_eval_nll_of_a_text_model_is_given_the_captions(tiny_text_run, capsys, m
     # --caption-gain: both in one run with the same t and noise, so the gain is the difference
     assert main([*args, "--caption-gain"]) == 0
     both = json.loads(capsys.readouterr().out)
+    # the empty pass runs the batches of --empty-captions (equal seen); 1e-6 of ~6 allows a
+    # reduction in another order; the gain is a mean of differences: float64 rounding, ~1e-15
     assert both["nll"] == own["nll"] and both["nll_empty"] == pytest.approx(empty["nll"], abs=1e-6)
     assert both["caption_gain"] == pytest.approx(empty["nll"] - own["nll"], abs=1e-6)
-    assert 0 < both["caption_gain_stderr"] < 1
+    assert 0 < both["caption_gain_stderr"] < 1  # a sanity range (7e-4 seen)
     assert main([*(a for a in args if a != "--json"), "--caption-gain"]) == 0  # the text report
     assert "the caption is worth" in capsys.readouterr().out
     assert main([*args, "--caption-gain", "--empty-captions"]) == 2
@@ -101,6 +117,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["sample", ".", "-n", "2", "--out", "o.png"], "not a kuosan checkpoint"),
     (["sample", ".", "-n", "0", "--out", "o.png"], "-n"),
     (["eval", "/no/such/run", "--nll"], "/no/such/run"),
+    (["generate", "a red circle", "-n", "100000000", "--out", "x"],
+     "-n: 100000000 is over the limit of 10,000 images in one call (--no-limits lifts it)"),
+    (["outpaint", "x.png", "--right", "100000", "a red circle"], "--right: 100000 is over the limit"),
 ])
 def test_user_mistakes_get_one_line_errors(args, needle, tmp_path):
     r = run_cli(*args)
@@ -141,3 +160,43 @@ def test_help_is_complete():
         r = run_cli(cmd, "--help")
         assert r.returncode == 0 and "usage: kuosan" in r.stdout
     assert "--minutes" in run_cli("train", "--help").stdout
+
+
+def test_generate_writes_a_folder_as_it_goes(tmp_path, capsys):
+    folder = tmp_path / "many"
+    assert main(["generate", "a red circle", "-n", "5", "--batch", "2", "--steps", "1", "--seed", "3",
+                 "--out", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "kuosan: 2 of 5 images" in err and "kuosan: 4 of 5 images" in err
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == [f"{i:04d}.png" for i in range(5)]
+    assert [json.loads(Image.open(f).text["kuosan"])["seed"] for f in files] == [3, 4, 5, 6, 7]
+
+
+def test_ctrl_c_keeps_the_images_written(tmp_path):
+    """A hundred million images (--no-limits), interrupted once two are on disk: exit status 130,
+    one line saying how many were written, no traceback, every PNG whole, no temporary file."""
+    folder = tmp_path / "big"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kuosan.cli", "generate", "a red circle", "-n", "100000000",
+         "--no-limits", "--steps", "1", "--batch", "2", "--out", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while len(list(folder.glob("*.png"))) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no image written in 300 s"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    written = re.search(r"kuosan: interrupted: ([\d,]+) of 100,000,000 images written to", err)
+    assert written, err
+    files = sorted(folder.glob("*.png"))
+    assert len(files) == int(written[1].replace(",", "")) >= 2
+    for i, f in enumerate(files):
+        assert f.name == f"{i:04d}.png"
+        with Image.open(f) as img:
+            img.load()
+            assert img.size == (32, 32) and json.loads(img.text["kuosan"])["seed"] == i
+    assert not [p for p in folder.iterdir() if p.suffix != ".png"]

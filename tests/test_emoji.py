@@ -25,6 +25,7 @@ from kuosan.data.emoji import (
     build_emoji,
     emoji_catalogue,
     frame_picture,
+    render_entries,
     render_entry,
 )
 from kuosan.data.emoji_sources import EmojiSources, parse_hex_name
@@ -205,8 +206,10 @@ def test_items_captions_and_repetition(sources: EmojiSources, tmp_path: Path):
     assert not any(c.startswith("no bicycles, glossy") for c in captions)
     assert "bicycle, glossy style" in captions and "no bicycles, flat style" in captions
     assert "thumbs up sign: medium skin tone" not in captions  # THUMBS_UP % 5 == 2: medium
-    held = next(e for e in cat if e.held_out)
-    assert render_entry(held, 16, sources).shape == (16, 16, 3)  # held-out ones still render
+    held = [e for e in cat if e.held_out]  # held-out ones render too, like the others
+    assert render_entry(held[0], 16, sources).shape == (16, 16, 3)
+    both = render_entries([*held, entries[0]], 32, sources)
+    assert both.shape == (len(held) + 1, 3, 32, 32) and torch.equal(both[-1], items[0])
 
 
 def test_build_is_deterministic_cached_and_invalidated(

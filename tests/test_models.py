@@ -358,13 +358,13 @@ def test_bad_conditioning_configs_raise(changes: dict, match: str) -> None:
 
 @pytest.mark.parametrize("cfg, cond, match", [
     (TINY, {"class_labels": torch.tensor([0, 1])}, "num_classes=0"),
-    (TINY, {"pooled": torch.randn(2, 6)}, "cond_dim=0"),
-    (TINY, {"context": torch.randn(2, 3, 12)}, "context_dim=0"),
+    (TINY, {"pooled": torch.zeros(2, 6)}, "cond_dim=0"),
+    (TINY, {"context": torch.zeros(2, 3, 12)}, "context_dim=0"),
     (COND_TINY, {"class_labels": torch.tensor([0.0, 1.0])}, "integers"),
     (COND_TINY, {"class_labels": torch.tensor([0, 1, 2])}, r"class_labels has shape \[3\]"),
-    (COND_TINY, {"pooled": torch.randn(2, 5)}, r"expected \[2, 6\]"),
-    (COND_TINY, {"context": torch.randn(2, 3, 11)}, r"expected \[2, L, 12\]"),
-    (COND_TINY, {"context": torch.randn(2, 3, 12), "context_mask": torch.ones(2, 4)},
+    (COND_TINY, {"pooled": torch.zeros(2, 5)}, r"expected \[2, 6\]"),
+    (COND_TINY, {"context": torch.zeros(2, 3, 11)}, r"expected \[2, L, 12\]"),
+    (COND_TINY, {"context": torch.zeros(2, 3, 12), "context_mask": torch.ones(2, 4)},
      "context_mask"),
     (COND_TINY, {"context_mask": torch.ones(2, 3)}, "without context"),
 ])

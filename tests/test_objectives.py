@@ -125,7 +125,7 @@ def test_prior_kl_is_zero_mean_for_zero_data():
 def test_normal_kl_zero_and_positive():
     m, lv = torch.randn(10), torch.randn(10)
     # float32: e^{lv − lv} − 1 + … rounds by ≲ 2⁻²⁴·|lv| ≤ 2e-7 (6e-8 seen)
-    assert torch.allclose(normal_kl(m, lv, m, lv), torch.zeros(10), atol=1e-6)
+    assert torch.allclose(normal_kl(m, lv, m, lv), torch.zeros(10), rtol=0, atol=1e-6)
     assert (normal_kl(m, lv, m + 0.1, lv - 0.2) > 0).all()
 
 
@@ -154,4 +154,4 @@ def test_min_snr_weights_agree_on_x0_error():
     for pred in ("eps", "x0", "v"):
         err = (target_for(pred, x0_hat, eps_hat, ab) - target_for(pred, x0, eps, ab)).pow(2).sum(1)
         # float64: ~10 roundings (1e-15) amplified by ≤ 1/(1 − ᾱ) = 1e3 at ᾱ = 0.999
-        assert torch.allclose(loss_weight(pred, ab, "min_snr", 5.0) * err, want, rtol=1e-9)
+        assert torch.allclose(loss_weight(pred, ab, "min_snr", 5.0) * err, want, rtol=1e-9, atol=0)

@@ -72,8 +72,8 @@ class Limits:
         value not given (None), or not an integer (the caller's own checks say what is wrong
         with it), is not checked; the work is checked when images, steps and pixels are."""
         names = {**API_NAMES, **(names or {})}
-        numbers = {"images": images, "steps": steps, "resample": resample, "pixels": pixels,
-                   **(borders or {})}
+        numbers = {"images": images, "steps": steps, "resample": resample, **(borders or {}),
+                   "pixels": pixels}
         numbers = {k: v for k, v in numbers.items() if _is_int(v)}  # the rest: not checked here
         for key, value in numbers.items():
             limit = getattr(self, "border" if key in SIDES else key)
@@ -90,8 +90,10 @@ class Limits:
         if self.work is not None and {"images", "steps", "resample", "pixels"} <= set(numbers):
             work = images * steps * resample * pixels
             if work > self.work:
+                factors = (("images", images), ("steps", steps), ("resample", resample),
+                           ("pixels", pixels))
                 raise LimitError("work", work, self.work, names,
-                                 f"{images}×{steps}×{resample}×{pixels}")
+                                 tuple((k, v) for k, v in factors if k != "resample" or v != 1))
 
 
 # The web server's (``kuosan serve``; ``--no-limits`` lifts them too): anyone who can reach the
@@ -114,7 +116,6 @@ SIDES = ("left", "top", "right", "bottom")
 API_NAMES = {"images": "num_images_per_prompt", "steps": "num_inference_steps",
              "resample": "resample", "pixels": "image", "prompt": "prompt",
              "negative_prompt": "negative_prompt", **{s: s for s in SIDES},
-             "work": "num_images × num_inference_steps × resample × pixels",
              "lift": "Pipeline.load(…, limits=Limits.none()) lifts it"}
 
 _UNITS = {"images": "images in one call", "steps": "steps", "resample": "resamplings",
@@ -127,7 +128,7 @@ class LimitError(KuosanError):
     ``value`` asked for and the ``limit``; the message names the argument as ``names`` say."""
 
     def __init__(self, key: str, value: int, limit: int, names: Mapping[str, str],
-                 detail: str = "") -> None:
+                 detail: str | tuple = "") -> None:
         self.key, self.value, self.limit, self.names, self.detail = key, value, limit, names, detail
         super().__init__(str(self))
 
@@ -139,8 +140,9 @@ class LimitError(KuosanError):
         kind = "border" if self.key in SIDES else self.key
         if kind in ("prompt_chars", "prompt_parts"):
             name, asked = self.names[self.detail], f"{self.value} {_UNITS[kind]}"
-        elif kind == "work":
-            name, asked = self.names["work"], f"{self.detail} = {self.value:.3g}"
+        elif kind == "work":  # detail: the factors, ((limit, value), …), pixels last
+            name = " × ".join([*(self.names[k] for k, _ in self.detail[:-1]), "pixels"])
+            asked = "×".join(str(v) for _, v in self.detail) + f" = {self.value:.3g}"
         else:
             name, asked = self.names[self.key], f"{self.value}"
         limit = f"{self.limit:.3g}" if kind == "work" else f"{self.limit:,}"

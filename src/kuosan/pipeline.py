@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ from .edit import (
 from .errors import KuosanError
 from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
-from .limits import Limits, check_count
+from .limits import SIDES, Limits, check_count
 from .models import build_model
 from .request import Request
 from .result import Result
@@ -88,6 +89,7 @@ class Pipeline:
         self.limits = Limits() if limits is None else limits
         self.source = source or name
         self.digest = digest if digest is not None else (weights_digest(path) if path else "")
+        self._language = None  # the caption language of enhance_prompt, made on first use
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto",
@@ -197,18 +199,39 @@ class Pipeline:
                  num_inference_steps: int = 20, guidance_scale: float | None = None, seed: int = 0,
                  generator: Generators = None, sampler: str | None = None,
                  negative_prompt: str | None = None, batch_size: int = 64, progress: bool = False,
-                 **sampler_kwargs) -> Result:
+                 enhance_prompt: bool = False, **sampler_kwargs) -> Result:
         """Images for a prompt (or a list of prompts), diffusers' argument names.
 
         Classifier-free guidance with ``guidance_scale`` (1 = none; default: the checkpoint's,
         :attr:`default_guidance`); the unconditional branch is the empty caption, or
         ``negative_prompt``. Image i of the output (prompts in order, each repeated
         ``num_images_per_prompt`` times) uses the generator seeded ``seed + i``.
+        ``enhance_prompt``: each prompt goes through :meth:`enhance_prompt` first; the result's
+        prompts are the rewrites and ``settings["user_prompt"]`` holds what was typed.
         """
-        return self.run(Request(
-            "generate", _prompt_list(prompt), negative_prompt, num_images_per_prompt,
-            num_inference_steps, guidance_scale, seed, generator, sampler, batch_size=batch_size,
-            progress=progress, sampler_kwargs=sampler_kwargs))
+        typed = prompt
+        if enhance_prompt:
+            prompt = (self.enhance_prompt(prompt) if isinstance(prompt, str)
+                      else [self.enhance_prompt(p) for p in prompt])
+        result = self.run(Request.of(
+            "generate", prompt=prompt, negative_prompt=negative_prompt, seed=seed,
+            num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, generator=generator, sampler=sampler,
+            batch_size=batch_size, progress=progress, **sampler_kwargs))
+        if not enhance_prompt:
+            return result
+        user = typed if isinstance(typed, str) else list(typed)
+        return replace(result, settings={**result.settings, "user_prompt": user})
+
+    def enhance_prompt(self, text: str) -> str:
+        """``text`` in this model's caption language (:mod:`kuosan.enhance`, docs/enhance.md):
+        "a crimson ball over a navy box" → "a red circle above a blue square"; ``text``
+        unchanged when nothing maps. ShapesWorld models only, for now."""
+        from .enhance import enhance_prompt, language_for
+
+        if self._language is None:
+            self._language = language_for(self)
+        return enhance_prompt(text, self._language)
 
     def inpaint(self, image: Image.Image | Sequence[Image.Image],
                 mask_image: Image.Image | Sequence[Image.Image], prompt: str | Sequence[str] = "", *,
@@ -232,11 +255,12 @@ class Pipeline:
         (of one size), masks and prompts, of equal lengths, edit many at once; output image i
         (each input repeated ``num_images_per_prompt`` times) is seeded seed + i.
         """
-        return self.run(Request(
-            "inpaint", _prompt_list(prompt), negative_prompt, num_images_per_prompt,
-            num_inference_steps, guidance_scale, seed, generator, sampler, image=image,
-            mask_image=mask_image, resample=resample, feather=feather, batch_size=batch_size,
-            progress=progress, sampler_kwargs=sampler_kwargs))
+        return self.run(Request.of(
+            "inpaint", image=image, mask_image=mask_image, prompt=prompt,
+            negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, sampler=sampler, resample=resample, feather=feather,
+            batch_size=batch_size, progress=progress, **sampler_kwargs))
 
     def outpaint(self, image: Image.Image, *, left: int = 0, top: int = 0, right: int = 0,
                  bottom: int = 0, prompt: str = "", num_images_per_prompt: int = 1,
@@ -248,11 +272,12 @@ class Pipeline:
         border on the larger canvas, window by window (:func:`kuosan.edit.window_plan`: each sees at
         least half a window of known pixels where it can), with ``prompt`` for every window. The
         original pixels are kept exactly."""
-        return self.run(Request(
-            "outpaint", prompt, negative_prompt, num_images_per_prompt, num_inference_steps,
-            guidance_scale, seed, generator, sampler, image=image, left=left, top=top,
-            right=right, bottom=bottom, resample=resample, batch_size=batch_size,
-            progress=progress, sampler_kwargs=sampler_kwargs))
+        return self.run(Request.of(
+            "outpaint", image=image, left=left, top=top, right=right, bottom=bottom, prompt=prompt,
+            negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, sampler=sampler, resample=resample, batch_size=batch_size,
+            progress=progress, **sampler_kwargs))
 
     def img2img(self, image: Image.Image, prompt: str = "", *, strength: float = IMG2IMG_STRENGTH,
                 num_images_per_prompt: int = 1, num_inference_steps: int = 20,
@@ -262,10 +287,12 @@ class Pipeline:
         """SDEdit (:func:`kuosan.edit.sdedit`): noise ``image`` to ``strength`` (0: returned as
         is; 1: ignored, the result is ``generate``'s for the same seed) and denoise it towards
         ``prompt``; about strength·steps steps run."""
-        return self.run(Request(
-            "img2img", prompt, negative_prompt, num_images_per_prompt, num_inference_steps,
-            guidance_scale, seed, generator, sampler, image=image, strength=strength,
-            batch_size=batch_size, progress=progress, sampler_kwargs=sampler_kwargs))
+        return self.run(Request.of(
+            "img2img", image=image, prompt=prompt, strength=strength,
+            negative_prompt=negative_prompt, seed=seed, num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, sampler=sampler, batch_size=batch_size, progress=progress,
+            **sampler_kwargs))
 
     def vary(self, image: Image.Image, *, num_images: int = 4, strength: float = VARY_STRENGTH,
              prompt: str = "", **kwargs) -> Result:
@@ -273,9 +300,8 @@ class Pipeline:
         details; ``strength`` from 0 (the image itself) to 1 (ignores it); an optional
         ``prompt`` guides them. Other arguments as :meth:`img2img`. The default 0.4 keeps the
         source caption true in most of shapes-32's variations (benchmarks/results/editing.md)."""
-        return self.run(Request(
-            "vary", prompt, image=image, num_images_per_prompt=num_images, strength=strength,
-            **_request_fields(kwargs)))
+        return self.run(Request.of("vary", image=image, num_images_per_prompt=num_images,
+                                   strength=strength, prompt=prompt, **kwargs))
 
     def run(self, request: Request) -> Result:
         """All the images of ``request`` (:meth:`batches`, joined)."""
@@ -302,40 +328,46 @@ class Pipeline:
         """:meth:`sample`'s samples batch by batch (checked against the limits first);
         ``num_inference_steps`` None: T for "ddpm", 20 for the others."""
         steps = num_inference_steps or (self.schedule.T if sampler == "ddpm" else 20)
-        request = Request("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
-                          sampler=sampler, batch_size=batch_size, progress=progress,
-                          sampler_kwargs=sampler_kwargs)
-        self._check(request, 1, self.item_pixels, [])
+        r = Request.of("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
+                       sampler=sampler, batch_size=batch_size, progress=progress, **sampler_kwargs)
+        self._check(r, 1, self.item_pixels, [], names={"images": "n"})
         model = self.model
         if self.is_text_conditioned:
             model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
-        return (self._sample(model, len(rows), request, sampler, gens)
-                for rows, gens, _ in seeded_batches(n, seed, None, batch_size))
+        return (self._sample(model, len(rows), r, sampler, gens)
+                for rows, gens, _ in r.seeded_batches())
 
     # -- the tasks: check everything, then a generator of batches (the one loop: _batches) --
 
     def _check(self, r: Request, edits: int, pixels: int, prompts: Sequence[str],
-               resample: int = 1) -> None:
-        """Count-like arguments are integers >= 1 and the call (``edits`` inputs, each made
-        ``num_images_per_prompt`` times) is within :attr:`limits`."""
+               resample: int = 1, names: dict[str, str] | None = None) -> None:
+        """The call (``edits`` inputs, each made ``num_images_per_prompt`` times) is within
+        :attr:`limits` (a non-integer steps or resample is left to the samplers' own checks,
+        which come at the first batch, still before any work)."""
         n = check_count("num_images_per_prompt", r.num_images_per_prompt)
-        check_count("batch_size", r.batch_size)  # steps and resample: the samplers' own checks
-        sides = {s: getattr(r, s) for s in ("left", "top", "right", "bottom")}
+        outpaint = r.task == "outpaint"
+        if outpaint:
+            names = {"pixels": "image with left/top/right/bottom"}
         self.limits.check(images=edits * n, steps=r.num_inference_steps, resample=resample,
-                          pixels=pixels, borders=sides if r.task == "outpaint" else None,
-                          prompts=prompts, negative_prompt=r.negative_prompt)
+                          pixels=pixels, borders={s: getattr(r, s) for s in SIDES} if outpaint else None,
+                          prompts=prompts, negative_prompt=r.negative_prompt, names=names)
 
-    @torch.no_grad()
     def _batches(self, r: Request, edits: int, make: Callable[[range, Generators], list],
                  prompt_of: Callable[[int], str], sampler: str, **resolved) -> Iterator[Result]:
-        """The one batching and seeding loop: image i of ``edits × num_images_per_prompt``
-        (:func:`seeded_batches`), ``make(rows, generators)`` making a batch's images."""
+        """The one batching and seeding loop over image i of ``edits × num_images_per_prompt``
+        (:meth:`~kuosan.request.Request.seeded_batches`); ``make(rows, generators)`` makes a
+        batch's images."""
+        plan = r.seeded_batches(edits)  # checked now, before any work
         guidance = self.default_guidance if r.guidance_scale is None else float(r.guidance_scale)
-        for rows, gens, seeds in seeded_batches(edits * r.num_images_per_prompt, r.seed,
-                                                r.generator, r.batch_size):
-            yield Result(r.task, make(rows, gens), [prompt_of(i) for i in rows], r.negative_prompt,
-                         seeds, sampler, r.num_inference_steps, guidance, self.source, self.digest,
-                         **resolved)
+
+        @torch.no_grad()
+        def results() -> Iterator[Result]:
+            for rows, gens, seeds in plan:
+                yield Result(r.task, make(rows, gens), [prompt_of(i) for i in rows],
+                             r.negative_prompt, seeds, sampler, r.num_inference_steps, guidance,
+                             self.source, self.digest, **resolved)
+
+        return results()
 
     def _sample(self, model: Callable, b: int, r: Request, sampler: str, gens: Generators) -> Tensor:
         return sample(model, (b, *self.info.shape), **self._sampling(r, sampler, gens)).float().cpu()
@@ -361,7 +393,7 @@ class Pipeline:
                 "device": self.device, "progress": r.progress, **r.sampler_kwargs}
 
     def _generate(self, r: Request) -> Iterator[Result]:
-        prompts = _as_list(r.prompt, str, "prompt", "a string")
+        prompts = r.prompts()
         self._check(r, len(prompts), self.item_pixels, prompts)
         self.conditioned(prompts, r.negative_prompt)  # a model without text takes no prompt
         sampler, n = r.sampler or self.default_sampler, r.num_images_per_prompt
@@ -374,9 +406,9 @@ class Pipeline:
         return self._batches(r, len(prompts), make, lambda i: prompts[i // n], sampler)
 
     def _inpaint(self, r: Request) -> Iterator[Result]:
-        images = _as_list(r.image, Image.Image, "image", "a PIL image")
-        masks = _as_list(r.mask_image, Image.Image, "mask_image", "a PIL image")
-        prompts = _as_list(r.prompt, str, "prompt", "a string")
+        images = r.images()
+        masks = r.images("mask_image")
+        prompts = r.prompts()
         feather_mask(torch.zeros(1, 1, 1, dtype=torch.bool), r.feather)  # check it before any work
         count = max(len(images), len(masks), len(prompts))
         for what, items in (("image", images), ("mask_image", masks), ("prompt", prompts)):
@@ -398,9 +430,9 @@ class Pipeline:
                 raise KuosanError(f"{name} must be a number of pixels >= 0, got {value!r}")
         if not any(pads.values()):
             raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")
-        prompt = _as_list(r.prompt, str, "prompt", "a string")[0]
+        prompt = r.prompts()[0]
         sampler, resample = self.inpaint_sampling(r.sampler, 1 if r.resample is None else r.resample)
-        image = _as_list(r.image, Image.Image, "image", "a PIL image")[0]
+        image = r.images()[0]
         w, h = image.size
         size = (h + r.top + r.bottom, w + r.left + r.right)
         self._check(r, 1, math.prod(size), [prompt], resample)
@@ -444,12 +476,12 @@ class Pipeline:
                              settings=settings)
 
     def _img2img(self, r: Request) -> Iterator[Result]:
-        prompt = _as_list(r.prompt, str, "prompt", "a string")[0]
+        prompt = r.prompts()[0]
         strength = r.strength if r.strength is not None else (
             VARY_STRENGTH if r.task == "vary" else IMG2IMG_STRENGTH)
         sampler = r.sampler or self.default_sampler
         self._check(r, 1, self.item_pixels, [prompt])
-        x0 = self._pixels(_as_list(r.image, Image.Image, "image", "a PIL image")[0], "image")
+        x0 = self._pixels(r.images()[0], "image")
         x0 = x0.float() / 127.5 - 1
 
         def make(rows: range, gens: Generators) -> list[Image.Image]:
@@ -479,55 +511,10 @@ _TASKS: dict[str, Callable[[Pipeline, Request], Iterator[Result]]] = {
 }
 
 
-def seeded_batches(n: int, seed: int, generator: Generators, batch_size: int
-                   ) -> Iterator[tuple[range, Generators, list[int] | None]]:
-    """(rows, generators, seeds) of each batch of ``n`` images: image i gets its own generator
-    seeded ``seed + i`` (so it is the same whatever the batch size), unless ``generator`` is
-    given: one torch.Generator draws for all n in one batch, a list of n gives one per image
-    (then seeds is None). Lazy: nothing is made for batches not reached."""
-    check_count("the number of images", n)
-    check_count("batch_size", batch_size)
-    if isinstance(generator, torch.Generator):
-        yield range(n), generator, None
-        return
-    if generator is not None and len(generator) != n:
-        raise KuosanError(f"{len(generator)} generators for {n} images")
-    for start in range(0, n, batch_size):
-        rows = range(start, min(n, start + batch_size))
-        if generator is not None:
-            yield rows, list(generator[rows.start:rows.stop]), None
-        else:
-            seeds = [seed + i for i in rows]
-            yield rows, [torch.Generator().manual_seed(s) for s in seeds], seeds
-
-
 def _pil(pixels: Tensor) -> Image.Image:
     """uint8 (C, H, W) → PIL ('L' or 'RGB')."""
     v = pixels.numpy()
     return Image.fromarray(v[0] if v.shape[0] == 1 else v.transpose(1, 2, 0))
-
-
-def _as_list(value: object, kind: type, what: str, described: str) -> list:
-    """``value`` as a list of ``kind`` (one item, or a list or tuple of them)."""
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if not isinstance(item, kind):
-            raise KuosanError(f"{what} must be {described} or a list of them, got {type(item).__name__}")
-    if not items:
-        raise KuosanError(f"{what}: the list is empty")
-    return items
-
-
-def _prompt_list(prompt: object) -> object:
-    """A prompt as Request holds it: None → "", a tuple → a list."""
-    return "" if prompt is None else list(prompt) if isinstance(prompt, tuple) else prompt
-
-
-def _request_fields(kwargs: dict) -> dict:
-    """Pipeline-method keyword arguments as Request fields: sampler options go to sampler_kwargs."""
-    known = set(Request.__dataclass_fields__) - {"task", "prompt", "image"}
-    own = {k: v for k, v in kwargs.items() if k in known}
-    return {**own, "sampler_kwargs": {k: v for k, v in kwargs.items() if k not in known}}
 
 
 def _same_masks(mask: Tensor) -> list[list[int]]:

@@ -3,10 +3,11 @@
 ```python
 from kuosan.data import load_dataset
 ds = load_dataset("emoji", size=32)                       # flat + glossy, held-out pairs left out
-ds.captions[0]                                            # e.g. "grinning face, flat style"
-from kuosan.data.emoji import emoji_catalogue, render_entry
+ds.captions[:3]           # ['hash key, flat style', 'hash key', 'keycap #, flat style']
+from kuosan.data.emoji import emoji_catalogue, render_entries, render_entry
 cat = emoji_catalogue()                                   # every (concept, style, attribute) picture
 img = render_entry(cat[0], size=64)                       # (64, 64, 3) uint8, held-out ones too
+held = render_entries([e for e in cat if e.held_out], 32)  # (N, 3, 32, 32) uint8
 ```
 
 A concept is an emoji drawn by every required style asked for (flat = Twemoji, glossy = Noto
@@ -75,6 +76,8 @@ __all__ = [
     "build_emoji",
     "emoji_catalogue",
     "frame_picture",
+    "is_held_out",
+    "render_entries",
     "render_entry",
 ]
 
@@ -283,8 +286,26 @@ def render_entry(
     entry: EmojiEntry, size: int = 32, sources: EmojiSources | None = None
 ) -> np.ndarray:
     """The picture of one catalogue entry (held-out ones too): (size, size, 3) uint8."""
+    return render_entries([entry], size, sources)[0].permute(1, 2, 0).numpy()
+
+
+def render_entries(
+    entries: Sequence[EmojiEntry], size: int = 32, sources: EmojiSources | None = None
+) -> torch.Tensor:
+    """The pictures of catalogue entries (held-out ones too), each source opened once:
+    (N, 3, size, size) uint8, as `build_emoji` draws them."""
     _check_size(size)
-    return _render(_open_sources([entry.style], sources)[entry.style], entry, size)
+    opened = _open_sources(list(dict.fromkeys(e.style for e in entries)), sources)
+    return _draw(opened, entries, size, progress=False)
+
+
+def _draw(
+    opened: dict[str, Source], entries: Sequence[EmojiEntry], size: int, progress: bool
+) -> torch.Tensor:
+    pictures = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
+    for i, e in enumerate(tqdm(entries, desc="emoji", disable=not progress, leave=False)):
+        pictures[i] = torch.from_numpy(_render(opened[e.style], e, size)).permute(2, 0, 1)
+    return pictures
 
 
 def _render(source: Source, entry: EmojiEntry, size: int) -> np.ndarray:
@@ -354,9 +375,7 @@ def build_emoji(
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache is rebuilt below
     entries = [e for e in _catalogue(opened, sources) if not e.held_out]
-    pictures = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
-    for i, e in enumerate(tqdm(entries, desc="emoji", disable=not progress, leave=False)):
-        pictures[i] = torch.from_numpy(_render(opened[e.style], e, size)).permute(2, 0, 1)
+    pictures = _draw(opened, entries, size, progress)
     data = save_safetensors({"pictures": pictures.contiguous()})
     _atomic_write(tensor_path, lambda f: f.write(data))
     meta = json.dumps({"entries": [e.to_dict() for e in entries]}, ensure_ascii=False)

@@ -146,19 +146,24 @@ class FontSource:
     def _layout(self, text: str) -> tuple[tuple[float, ...], float]:
         return tuple(self.font.getbbox(text)), self.font.getlength(text)
 
+    @staticmethod
+    def _text(key: Key, text: str) -> str:
+        """A single code point without its U+FE0F: one glyph even without Raqm's shaping."""
+        return chr(key[0]) if len(key) == 1 else text
+
     def keys(self) -> set[Key]:
         return set()  # a font's ligatures cannot be listed; `draws` answers per emoji
 
     def draws(self, key: Key, text: str) -> bool:
         """One glyph (a ligature for a sequence) with ink: a missing glyph draws nothing (Noto)
         or the font's .notdef box (OpenMoji), a missing ligature its parts side by side."""
-        (_, top, _, bottom), length = layout = self._layout(text)
+        (_, top, _, bottom), length = layout = self._layout(self._text(key, text))
         return bottom > top and length < 1.5 * self.advance and layout != self.notdef
 
     def picture(self, key: Key, text: str) -> Image.Image:
         px = self.pixels
         im = Image.new("RGBA", (int(2 * self.advance) + 2 * px, 3 * px), (0, 0, 0, 0))
-        ImageDraw.Draw(im).text((px, px), text, font=self.font,
+        ImageDraw.Draw(im).text((px, px), self._text(key, text), font=self.font,
                                 embedded_color=True)
         return im
 
