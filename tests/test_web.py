@@ -37,10 +37,10 @@ class Server:
 
     def __init__(self, pipe: Pipeline, outputs: Path, token: str | None = None,
                  queue_size: int = 8, body_seconds: float = 30.0, idle_seconds: float = 10.0,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, name: str = "tiny"):
         sock = check_listen("127.0.0.1", 0, token)
         self.port = sock.getsockname()[1]
-        self.app = create_app(pipe, "tiny", outputs, Policy("127.0.0.1", self.port, token),
+        self.app = create_app(pipe, name, outputs, Policy("127.0.0.1", self.port, token),
                               queue_size, body_seconds, max_body)
         self.jobs = self.app.state.jobs
         self.server: uvicorn.Server = uvicorn_server(self.app, sock, idle_seconds)

@@ -34,8 +34,9 @@ TIMEOUT_MS = 60_000  # a job on a busy 2-core CPU (the tiny model: well under 1 
 
 @pytest.fixture(scope="module")
 def server(tiny_text_run, tmp_path_factory):
-    pipe = Pipeline.load(os.environ.get("KUOSAN_WEB_MODEL") or tiny_text_run, limits=WEB)
-    s = Server(pipe, tmp_path_factory.mktemp("outputs"))
+    model = os.environ.get("KUOSAN_WEB_MODEL")
+    pipe = Pipeline.load(model or tiny_text_run, limits=WEB)
+    s = Server(pipe, tmp_path_factory.mktemp("outputs"), name=model or "tiny")
     yield s
     s.close()
 
@@ -170,7 +171,7 @@ def test_phone_layout(browser, server):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shots = os.environ.get("KUOSAN_SCREENSHOTS")
     if shots:
-        page.screenshot(path=str(Path(shots) / "web_phone.png"), full_page=True)
+        page.screenshot(path=str(Path(shots) / "web_phone.png"))
         desktop = browser.new_page(viewport={"width": 1280, "height": 860})
         desktop.goto(f"http://127.0.0.1:{server.port}/")
         desktop.wait_for_selector("#history .job img")
