@@ -227,13 +227,20 @@ def test_cancel_stops_within_one_evaluation(server):
 
 
 def test_a_client_that_leaves_cancels_its_job(server, caplog):
-    caplog.set_level(logging.INFO)
+    # uvicorn's loggers do not propagate to the root logger that caplog watches: listen on them
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    uvicorn_logger.addHandler(caplog.handler)
+    uvicorn_logger.setLevel(logging.INFO)
     job_id = server.submit({"steps": 200, "sampler": "euler"})
     conn, response = open_events(server, job_id)
     read_event(response)
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
-    assert server.wait(job_id)["state"] == "cancelled"
+    try:
+        assert server.wait(job_id)["state"] == "cancelled"
+        time.sleep(0.5)  # the event stream's next look at its client
+    finally:
+        uvicorn_logger.removeHandler(caplog.handler)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
