@@ -327,6 +327,26 @@ def test_refusals_name_the_field(server, headers, raw, status, says):
     assert got == status and says in answer["error"], answer
 
 
+ODD_VALUES = [None, True, -1, 0, 1.5, 1e308, -1e308, "", "x" * 10, [], {}, "\u0000", 2**70,
+              "data:image/png;base64,", WHITE]
+
+
+@pytest.mark.parametrize("task", ["generate", "inpaint", "outpaint", "vary"])
+def test_no_500_for_odd_values_of_any_field(server, task):
+    from kuosan.web.parse import FIELDS
+
+    for field in sorted(FIELDS):
+        for value in ODD_VALUES:
+            body = {"task": task, "image": WHITE, "mask": WHITE, "right": 4, "steps": 1,
+                    field: value}
+            status, _, answer = server.request("POST", "/api/jobs", body)
+            assert status in (202, 400, 413, 422, 429), (field, value, status, answer)
+            if status == 202:
+                server.request("DELETE", f"/api/jobs/{answer['id']}")  # keep the queue free
+            else:
+                assert answer["error"], answer
+
+
 def test_body_size_announced_or_streamed(pipe, tmp_path):
     cap = 4096  # a small cap: the whole body is sent before the server answers
     s = Server(pipe, tmp_path, max_body=cap)

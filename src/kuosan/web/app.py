@@ -64,7 +64,10 @@ def create_app(pipe: Pipeline, model: str, outputs: Path, policy: Policy,
 
     async def submit(request: Request) -> Response:
         body = await read_json(request, max_body, body_seconds)
-        spec = await asyncio.to_thread(parse_job, body, pipe)  # image decoding: off the loop
+        try:
+            spec = await asyncio.to_thread(parse_job, body, pipe)  # image decoding: off the loop
+        except KuosanError as err:  # a check of the library's own (a sampler's, an edit's)
+            raise Refused(422, str(err)) from None
         try:
             job = jobs.submit(spec)
         except QueueFull:

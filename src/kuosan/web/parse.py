@@ -216,6 +216,8 @@ def _image(body: dict, name: str, max_pixels: int, label: str | None = None) -> 
                 raise Refused(413, f"{name}: {image.width}×{image.height} is over the limit of "
                                    f"{max_pixels:,} pixels")
             image.load()
+            if image.mode not in ("L", "RGB", "RGBA"):  # palette, 16-bit, CMYK, …: resizable
+                image = image.convert("RGBA")
     except Refused:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own cap
