@@ -148,6 +148,19 @@ def test_job_life_cycle_matches_the_pipeline(server, pipe):
         assert params["seed"] == 5 + i and params["command"] == "generate"
 
 
+def test_enhance_rewrites_the_prompt_and_keeps_what_was_typed(server, pipe):
+    typed = "a crimson ball"
+    job = server.wait(server.submit({"prompt": typed, "enhance": True, "steps": 1, "seed": 1}))
+    rewrite = pipe.enhance_prompt(typed)
+    assert rewrite != typed and job["state"] == "done"
+    assert job["parameters"]["prompt"] == rewrite and job["parameters"]["user_prompt"] == typed
+    _, _, answer = server.request("GET", job["images"][0])
+    params = json.loads(Image.open(io.BytesIO(answer["raw"])).text["kuosan"])
+    assert params["prompt"] == rewrite and params["user_prompt"] == typed
+    status, _, answer = server.request("POST", "/api/jobs", {"prompt": typed, "enhance": "yes"})
+    assert status == 422 and answer["error"].startswith("enhance:")
+
+
 def test_seed_random_by_default_and_the_maximum_accepted(server):
     seeds = {server.wait(server.submit({"steps": 1}))["parameters"]["seed"] for _ in range(2)}
     assert len(seeds) == 2 and all(0 <= s <= SEED_MAX for s in seeds)  # 2 equal: p = 2⁻³²

@@ -162,11 +162,12 @@ class Jobs:
                 job.preview = self._preview(x_t, t, output)
 
         done = 0
+        own = {k: spec.parameters[k] for k in ("user_prompt",) if k in spec.parameters}
         try:
             for result in self.pipe.batches(replace(spec.request, callback=callback)):
                 for i in range(len(result)):
                     name = f"{job.id}-{done:02d}.png"
-                    write_png(self.outputs / name, result[i], png_text(result, i))
+                    write_png(self.outputs / name, result[i], png_text(result, i, own))
                     job.images.append(f"/outputs/{name}")
                     done += 1
             job.state, job.progress = "done", 1.0

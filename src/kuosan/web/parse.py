@@ -32,7 +32,7 @@ SEED_MAX = 2**32 - 1  # seeds 0 … 2³² − 1: exact in JavaScript numbers; im
 UPLOAD_PIXELS = 4096 * 4096  # the largest vary/img2img upload decoded (then resized)
 GUIDANCE_MAX = 50.0
 FEATHER_MAX = 64.0
-FIELDS = {"task", "prompt", "negative_prompt", "num", "steps", "guidance", "seed", "sampler",
+FIELDS = {"task", "prompt", "enhance", "negative_prompt", "num", "steps", "guidance", "seed", "sampler",
           "image", "mask", "strength", "resample", "feather", *SIDES}
 # what each limit is called in the JSON (Limits.check's names)
 NAMES = {"images": "num", "steps": "steps", "resample": "resample", "pixels": "image",
@@ -63,6 +63,15 @@ def parse_job(body: object, pipe: Pipeline) -> Spec:
     negative = _text(body, "negative_prompt") or None
     if (prompt or negative) and not pipe.is_text_conditioned:
         raise Refused(422, f"prompt: '{pipe.name}' is not a text-to-image model: leave it empty")
+    user_prompt = None
+    enhance = _value(body, "enhance")
+    if enhance is not None and not isinstance(enhance, bool):
+        raise Refused(422, f"enhance: expected true or false, got {_show(enhance)}")
+    if enhance:
+        try:  # the free text in the model's caption language (docs/enhance.md)
+            user_prompt, prompt = prompt, pipe.enhance_prompt(prompt)
+        except KuosanError as err:
+            raise Refused(422, f"enhance: {err}") from None
     num = _int(body, "num", 1, 1)
     steps = _int(body, "steps", 20, 1)
     guidance = _number(body, "guidance", pipe.default_guidance, 0.0, GUIDANCE_MAX)
@@ -132,6 +141,8 @@ def parse_job(body: object, pipe: Pipeline) -> Spec:
     request = Request(task, prompt, negative, num, steps, guidance, seed, None, sampler, **fields)
     parameters = {"task": task, "prompt": prompt, "negative_prompt": negative, "num": num,
                   "steps": steps, "guidance": guidance, "seed": seed, "sampler": sampler, **own}
+    if user_prompt is not None:
+        parameters["user_prompt"] = user_prompt
     return Spec(request, parameters, max(1, evaluations))
 
 
