@@ -23,7 +23,6 @@ from .cli_types import (
     LIMIT_FLAGS,
     NO_LIMITS_HELP,
     OUTPAINT_CANVAS,
-    limits_of,
     non_negative_int,
     positive_float,
     positive_int,
@@ -36,7 +35,6 @@ from .models import UNET_PRESETS
 from .pipeline import Pipeline
 from .samplers import SAMPLERS
 from .train import RESUMABLE, TrainConfig, train
-from .web import WebApp, make_server
 
 # ---- train -------------------------------------------------------------------------------------
 
@@ -288,28 +286,35 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="the local web page: text to image and editing in the browser",
         description="Serve a page for generating and editing images with one model, at "
-                    "http://HOST:PORT/ (the JSON API is described in kuosan.web). Ctrl-C stops it.",
+                    "http://HOST:PORT/ (the JSON API: docs/web.md). Ctrl-C stops it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or bundled model name")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=non_negative_int, default=7860, help="port (0: any free one)")
+                   help="address to listen on (0.0.0.0 opens it to the network: needs --token)")
+    p.add_argument("--port", type=int, default=7860, help="port (0: any free one)")
+    p.add_argument("--outputs", default="outputs",
+                   help="folder of the finished images (PNGs with their parameters): the history")
+    p.add_argument("--token", default=None,
+                   help="a secret clients send as 'Authorization: Bearer TOKEN' (the page: open "
+                        "it once with ?token=TOKEN); required for any --host but loopback")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    pipe = Pipeline.load(args.model, device=args.device, limits=limits_of(args))
-    server = make_server(WebApp(pipe, str(args.model)), args.host, args.port)
-    host, port = server.server_address[:2]
-    print(f"kuosan: serving '{args.model}' at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    from .limits import WEB, Limits
+    from .web import check_listen, serve
+
+    sock = check_listen(args.host, args.port, args.token)  # before loading: fail fast
     try:
-        server.serve_forever()
+        pipe = Pipeline.load(args.model, device=args.device,
+                             limits=Limits.none() if args.no_limits else WEB)
+        serve(pipe, str(args.model), sock, args.outputs, args.token)
     except KeyboardInterrupt:
         print("kuosan: stopped", flush=True)
     finally:
-        server.server_close()
+        sock.close()
     return 0
 
 

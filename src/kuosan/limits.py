@@ -96,6 +96,19 @@ class Limits:
                                  tuple((k, v) for k, v in factors if k != "resample" or v != 1))
 
 
+# The web server's (``kuosan serve``; ``--no-limits`` lifts them too): anyone who can reach the
+# page may send a request, so one request is held to about a minute of the 2-core CPU.
+WEB = Limits(
+    images=16,  # a page's batch: a 4×4 grid
+    steps=200,  # well past the 20-50 the samplers need (docs/samplers.md)
+    resample=10,  # RePaint's paper value
+    border=128,  # 4 windows of a 32-pixel model on a side
+    pixels=256 * 256,  # an inpainted canvas (uploads for vary/img2img are resized to the model's)
+    prompt_chars=500,
+    prompt_parts=4,  # AND parts: each adds one model evaluation per step, outside the work count
+    work=1_000 * 32 * 32,  # 1,000 image-steps of 32×32 at ~60 ms each: about a minute
+)
+
 SIDES = ("left", "top", "right", "bottom")
 
 # what each limit is called in the Python API (Pipeline's arguments); the command and the web

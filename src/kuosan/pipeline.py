@@ -372,6 +372,20 @@ class Pipeline:
     def _sample(self, model: Callable, b: int, r: Request, sampler: str, gens: Generators) -> Tensor:
         return sample(model, (b, *self.info.shape), **self._sampling(r, sampler, gens)).float().cpu()
 
+    @staticmethod
+    def _watched(r: Request, model: Callable) -> Callable:
+        """``model``, calling ``r.callback(x_t, t, output)`` after each evaluation (progress;
+        an exception raised there, e.g. a cancel, stops the call)."""
+        if r.callback is None:
+            return model
+
+        def watched(x_t: Tensor, t: Tensor) -> Tensor:
+            output = model(x_t, t)
+            r.callback(x_t, t, output)
+            return output
+
+        return watched
+
     def _sampling(self, r: Request, sampler: str, generator: Generators) -> dict:
         """The keyword arguments of :func:`kuosan.samplers.sample` (and the edits built on it)."""
         return {"schedule": self.schedule, "prediction": self.prediction, "sampler": sampler,
@@ -385,8 +399,8 @@ class Pipeline:
         sampler, n = r.sampler or self.default_sampler, r.num_images_per_prompt
 
         def make(rows: range, gens: Generators) -> list[Image.Image]:
-            model = self.conditioned([prompts[i // n] for i in rows], r.negative_prompt,
-                                     r.guidance_scale)
+            model = self._watched(r, self.conditioned([prompts[i // n] for i in rows],
+                                                      r.negative_prompt, r.guidance_scale))
             return self.to_images(self._sample(model, len(rows), r, sampler, gens))
 
         return self._batches(r, len(prompts), make, lambda i: prompts[i // n], sampler)
@@ -449,8 +463,8 @@ class Pipeline:
             out: dict[int, Tensor] = {}
             for group in [list(range(len(rows)))] if whole else _same_masks(msk):
                 g = [gens[j] for j in group] if isinstance(gens, list) else gens
-                model = self.conditioned([prompt_of(rows[j]) for j in group], r.negative_prompt,
-                                         r.guidance_scale)
+                model = self._watched(r, self.conditioned([prompt_of(rows[j]) for j in group],
+                                                          r.negative_prompt, r.guidance_scale))
                 painted = inpaint_windows(model, pix[group].float() / 127.5 - 1, msk[group], window,
                                           resample=resample, **self._sampling(r, sampler, g))
                 generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -471,7 +485,8 @@ class Pipeline:
         x0 = x0.float() / 127.5 - 1
 
         def make(rows: range, gens: Generators) -> list[Image.Image]:
-            model = self.conditioned([prompt] * len(rows), r.negative_prompt, r.guidance_scale)
+            model = self._watched(r, self.conditioned([prompt] * len(rows), r.negative_prompt,
+                                                      r.guidance_scale))
             x = sdedit(model, x0[None].expand(len(rows), -1, -1, -1).contiguous(), strength,
                        **self._sampling(r, sampler, gens))
             return self.to_images(x.float().cpu())

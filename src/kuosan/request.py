@@ -9,7 +9,7 @@ task's strength or resampling), resolved in the :class:`~kuosan.result.Result`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -31,7 +31,9 @@ class Request:
     Every task: ``prompt`` (a string, or a list: generate and inpaint), ``negative_prompt``,
     ``num_images_per_prompt``, ``num_inference_steps``, ``guidance_scale``, ``seed`` (image i
     seeded ``seed + i``) or ``generator``, ``sampler`` and its ``sampler_kwargs`` (eta,
-    spacing, …), ``batch_size``, ``progress``. Edits: ``image``; inpaint: ``mask_image``
+    spacing, …), ``batch_size``, ``progress``, ``callback`` (called as ``callback(x_t, t,
+    output)`` after each model evaluation: the web server's progress and cancel). Edits:
+    ``image``; inpaint: ``mask_image``
     (white = repaint), ``feather``; inpaint and outpaint: ``resample``; outpaint: ``left``,
     ``top``, ``right``, ``bottom``; vary and img2img: ``strength``.
 
@@ -59,6 +61,7 @@ class Request:
     batch_size: int = 64
     progress: bool = False
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    callback: Callable[[Any, Any, Any], None] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
