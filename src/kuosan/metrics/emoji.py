@@ -346,7 +346,7 @@ def real_pictures(
     uint8, entries, data key); cached as ``emoji-all-KEY.safetensors`` + ``.json``."""
     sources = sources if sources is not None else emoji_data.find_sources()
     opened = emoji_data._open_sources(styles, sources)
-    key = emoji_data._cache_key(opened, Path(sources.names), size)
+    key = emoji_data._cache_key(opened, sources, size)
     folder = _cache_root(cache_dir)
     tpath, jpath = folder / f"emoji-all-{key}.safetensors", folder / f"emoji-all-{key}.json"
     if tpath.is_file() and jpath.is_file():
@@ -357,7 +357,7 @@ def real_pictures(
                 return pictures, entries, key
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache is rebuilt
-    entries = emoji_data._catalogue(opened, Path(sources.names))
+    entries = emoji_data._catalogue(opened, sources)
     pictures = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
     for i, e in enumerate(entries):
         if progress and i % 1000 == 0:
