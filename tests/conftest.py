@@ -13,6 +13,12 @@ before it; module-level and parametrize-time draws use a seeded ``torch.Generato
 run at collection, before any fixture. docs/testing.md says more, and gives the tolerance rule.
 """
 
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -33,6 +39,22 @@ def train_tiny_text(config: TrainConfig, out, resume: bool = False) -> None:
         train(config, out, resume=resume, progress=False)
     finally:
         mp.undo()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str) -> Iterator[ModuleType]:
+    """benchmarks/NAME.py loaded as module NAME for a fixture to yield (registered in
+    sys.modules while it is in use: dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(autouse=True)

@@ -1,30 +1,21 @@
 """benchmarks/caption_accuracy.py on a tiny (untrained) text model: report structure, not values."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import benchmark_module
 from PIL import Image
 
 from kuosan.data.shapes import is_heldout
 from kuosan.metrics.shapes import ATTRIBUTES, parse
 from kuosan.train import TrainConfig, train
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_accuracy.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("caption_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["caption_accuracy"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("caption_accuracy", None)
+    yield from benchmark_module("caption_accuracy")
 
 
 @pytest.fixture(scope="module")

@@ -2,31 +2,23 @@
 whose truth is known) and a run on a tiny text model (structure, not values)."""
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_module
 
 from kuosan.data.shapes import Scene, format_caption, render, sample_scene
 from kuosan.guidance import parse_composition
 from kuosan.metrics.shapes import parse, score
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "caption_probe.py"
 FLIP = {"to the left of": "to the right of", "to the right of": "to the left of",
         "above": "below", "below": "above"}
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("caption_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["caption_probe"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("caption_probe", None)
+    yield from benchmark_module("caption_probe")
 
 
 def test_draw_is_seeded_and_of_the_asked_kinds(probe):

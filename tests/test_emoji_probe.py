@@ -4,14 +4,12 @@ data: synthetic catalogue entries with drawn pictures, and the stand-in sources 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_module
 
 from kuosan.data.emoji import STYLES, TONES, EmojiEntry
 from kuosan.metrics.emoji import (
@@ -27,7 +25,6 @@ from kuosan.metrics.emoji import (
     train_recogniser,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "emoji_probe.py"
 WOMAN, MAN, PERSON, ZWJ, FIRE_ENGINE, RAISING_HAND = 0x1F469, 0x1F468, 0x1F9D1, 0x200D, 0x1F692, 0x1F64B
 DARK = 0x1F3FF
 TINY = RecogniserConfig(widths=(16, 32, 32), strides=(2, 2, 2), epochs=60, batch_size=8, lr=1e-2)
@@ -35,12 +32,7 @@ TINY = RecogniserConfig(widths=(16, 32, 32), strides=(2, 2, 2), epochs=60, batch
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("emoji_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["emoji_probe"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("emoji_probe", None)
+    yield from benchmark_module("emoji_probe")
 
 
 def entry(cps: tuple[int, ...], name: str, style: str, tone: str | None = None,
