@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from history import append_row
 
 from kuosan.checkpoint import load_config, resolve_model
 from kuosan.data.emoji import DEFAULT_STYLES, STYLES, TONES, EmojiEntry
@@ -311,16 +312,16 @@ def git_commit() -> str:
         return "unknown"
 
 
-def append_history(result: dict, path: Path | None = None) -> None:
-    """One JSON line per run: date, commit, model, step and the figures (never rewritten)."""
-    path = path or RESULTS / "emoji_probe_history.jsonl"
-    row = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "commit": git_commit(), "model": result["model"], "step": result["step"],
-           "groups": result["groups"], "memorisation": result["memorisation"],
-           "editing": result.get("editing", {}),
-           "targets": {t["target"]: t["pass"] for t in result["targets"]}}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+def append_history(result: dict, command: str, path: Path | None = None) -> None:
+    """One row per run in the shared history format (benchmarks/history.py): the figures are the
+    groups, memorisation, editing and which targets passed; the checkpoint's step besides."""
+    append_row(path or RESULTS / "emoji_probe_history.jsonl", {
+        "benchmark": "emoji_probe", "model": result["model"], "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "step": result["step"],
+        "figures": {"groups": result["groups"], "memorisation": result["memorisation"],
+                    "editing": result.get("editing", {}),
+                    "targets": {t["target"]: t["pass"] for t in result["targets"]}}})
 
 
 def validate(recogniser: Recogniser, pictures: torch.Tensor, entries: list[EmojiEntry],
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             result = probe(args, recogniser, pictures, entries)
             path = write_report(result, args.tag, command)
             if not args.no_history:
-                append_history(result)
+                append_history(result, command)
             print(path.read_text())
     except KuosanError as e:
         print(f"error: {e}", file=sys.stderr)

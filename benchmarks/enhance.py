@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from caption_accuracy import nan_to_none, pct
 from digits_fid import git_commit
+from history import append_row
 
 from kuosan import KuosanError, Pipeline
 from kuosan.data.shapes import CaptionSpec
@@ -209,11 +210,10 @@ def write_report(result: dict[str, Any], base: Path) -> list[Path]:
     history = Path(f"{base}_history.jsonl")
     json_path.write_text(json.dumps(nan_to_none(result), indent=1, allow_nan=False) + "\n")
     md_path.write_text(markdown(result))
-    line = {k: result["meta"][k] for k in ("date", "commit", "model", "prompts", "steps",
-                                           "guidance", "seed", "feedback", "threads", "note")}
-    line["figures"] = result["table"]
-    with history.open("a") as f:  # append-only: one line per run
-        f.write(json.dumps(nan_to_none(line)) + "\n")
+    row = {k: result["meta"][k] for k in ("date", "commit", "model", "command", "prompts",
+                                          "steps", "guidance", "seed", "feedback", "threads",
+                                          "note")}
+    append_row(history, {"benchmark": "enhance", **row, "figures": result["table"]})
     return [json_path, md_path, history]
 
 

@@ -183,10 +183,11 @@ def test_report_structure_targets_and_history(probe, tmp_path, monkeypatch):
     assert "- PASS seen top5 >= 80 %: 100.0" in md and "- FAIL held-out style top5 >= 50 %: 25.0" in md
     assert (tmp_path / "emoji_probe_t_grid.png").is_file()
     assert json.loads((tmp_path / "emoji_probe_t.json").read_text())["step"] == 200
-    probe.append_history(result, tmp_path / "h.jsonl")
-    probe.append_history(result, tmp_path / "h.jsonl")
+    probe.append_history(result, "cmd", tmp_path / "h.jsonl")
+    probe.append_history(result, "cmd", tmp_path / "h.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "h.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and {"date", "commit", "model", "step", "groups"} <= rows[0].keys()
+    assert len(rows) == 2 and {"date", "commit", "model", "step", "command"} <= rows[0].keys()
+    assert rows[0]["benchmark"] == "emoji_probe" and "groups" in rows[0]["figures"]
 
 
 def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_path, monkeypatch):

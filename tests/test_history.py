@@ -83,8 +83,9 @@ def test_record_writes_beside_the_report_with_commit_and_date(tmp_path):
     assert stored["date"][:4].isdigit() and stored["weights"] is None and stored["note"] == ""
 
 
-# the benchmarks that append through history.py (benchmarks/enhance.py keeps a table of its own)
-WRITERS = ("caption_accuracy", "digits_fid", "editing", "samplers", "text_encoders", "train_speed")
+# the benchmarks that append through history.py
+WRITERS = ("caption_accuracy", "digits_fid", "editing", "samplers", "text_encoders", "train_speed",
+           "enhance", "emoji_probe")
 
 
 @pytest.mark.parametrize("path", [p for p in sorted(RESULTS.glob("*_history.jsonl"))
