@@ -358,29 +358,45 @@ def build_emoji(
 ) -> tuple[torch.Tensor, list[str], list[EmojiEntry]]:
     """(items (N, 3, size, size) uint8, N captions, the training pictures' catalogue entries),
     held-out pictures left out; read from the cache when the same sources were built before."""
+    pictures, entries, _ = catalogue_pictures(size, styles, sources, cache_dir, progress)
+    return _expand(pictures, entries)
+
+
+def catalogue_pictures(
+    size: int = 32,
+    styles: Sequence[str] = DEFAULT_STYLES,
+    sources: EmojiSources | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    held_out: bool = False,
+) -> tuple[torch.Tensor, list[EmojiEntry], str]:
+    """(pictures (N, 3, size, size) uint8, their N catalogue entries, the data key): the training
+    pictures, or with ``held_out`` every picture of the catalogue (scorers and benchmarks);
+    cached as ``emoji[-all]-KEY.safetensors`` + ``.json`` (atomic writes, rebuilt when damaged)."""
     _check_size(size)
     styles = _check_styles(styles)
     sources = sources if sources is not None else find_sources()
     opened = _open_sources(styles, sources)
     key = _cache_key(opened, sources, size)
     folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
-    tensor_path, json_path = folder / f"emoji-{key}.safetensors", folder / f"emoji-{key}.json"
+    name = f"emoji-all-{key}" if held_out else f"emoji-{key}"
+    tensor_path, json_path = folder / f"{name}.safetensors", folder / f"{name}.json"
     if tensor_path.is_file() and json_path.is_file():
         try:
             pictures = load_safetensors(tensor_path.read_bytes())["pictures"]
             meta = json.loads(json_path.read_text(encoding="utf-8"))
             entries = [EmojiEntry.from_dict(d) for d in meta["entries"]]
             if len(entries) == len(pictures):
-                return _expand(pictures, entries)
+                return pictures, entries, key
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache is rebuilt below
-    entries = [e for e in _catalogue(opened, sources) if not e.held_out]
+    entries = [e for e in _catalogue(opened, sources) if held_out or not e.held_out]
     pictures = _draw(opened, entries, size, progress)
     data = save_safetensors({"pictures": pictures.contiguous()})
     _atomic_write(tensor_path, lambda f: f.write(data))
     meta = json.dumps({"entries": [e.to_dict() for e in entries]}, ensure_ascii=False)
     _atomic_write(json_path, lambda f: f.write(meta.encode("utf-8")))
-    return _expand(pictures, entries)
+    return pictures, entries, key
 
 
 def _expand(

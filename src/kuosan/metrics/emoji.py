@@ -343,31 +343,9 @@ def real_pictures(
     progress: bool = True, sources: emoji_data.EmojiSources | None = None,
 ) -> tuple[Tensor, list[EmojiEntry], str]:
     """Every picture of ``emoji_catalogue(styles)``, held-out ones included: ((N, 3, size, size)
-    uint8, entries, data key); cached as ``emoji-all-KEY.safetensors`` + ``.json``."""
-    sources = sources if sources is not None else emoji_data.find_sources()
-    opened = emoji_data._open_sources(styles, sources)
-    key = emoji_data._cache_key(opened, sources, size)
-    folder = _cache_root(cache_dir)
-    tpath, jpath = folder / f"emoji-all-{key}.safetensors", folder / f"emoji-all-{key}.json"
-    if tpath.is_file() and jpath.is_file():
-        try:
-            pictures = load_safetensors(tpath.read_bytes())["pictures"]
-            entries = [EmojiEntry.from_dict(d) for d in json.loads(jpath.read_text("utf-8"))]
-            if len(entries) == len(pictures):
-                return pictures, entries, key
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # a damaged cache is rebuilt
-    entries = emoji_data._catalogue(opened, sources)
-    pictures = torch.empty((len(entries), 3, size, size), dtype=torch.uint8)
-    for i, e in enumerate(entries):
-        if progress and i % 1000 == 0:
-            print(f"drawing real emoji {i}/{len(entries)}", flush=True)
-        pictures[i] = torch.from_numpy(emoji_data._render(opened[e.style], e, size)).permute(2, 0, 1)
-    data = save_safetensors({"pictures": pictures})
-    _atomic_write(tpath, lambda f: f.write(data))
-    meta = json.dumps([e.to_dict() for e in entries], ensure_ascii=False).encode("utf-8")
-    _atomic_write(jpath, lambda f: f.write(meta))
-    return pictures, entries, key
+    uint8, entries, data key); cached beside the data (``emoji-all-KEY``)."""
+    return emoji_data.catalogue_pictures(size, styles, sources, _cache_root(cache_dir), progress,
+                                         held_out=True)
 
 
 def load_or_train(
