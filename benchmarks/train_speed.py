@@ -1,15 +1,23 @@
-"""Training- and sampling-step speed of kuosan's UNet against diffusers' UNet2DModel.
+"""Training- and sampling-step speed of kuosan's UNet in each precision, memory order and
+compilation (``--variants``), against kuosan fp32 and diffusers' UNet2DModel, side by side.
 
 Both networks get the same widths, depths, attention levels, GroupNorm groups, head width,
 scale-shift time embedding and dropout, so they have about the same parameter count and FLOPs.
-Protocol: seeded inputs; `--warmup` untimed rounds, then `--repeats` rounds that alternate the
-two models (the order flips every round); the median of each is reported. A training step is
-forward + MSE loss + backward + AdamW step (train mode); a sampling step is one forward under
-no_grad (eval mode). FLOPs come from torch.utils.flop_counter.FlopCounterMode (the optimizer's
-element-wise work is not counted); the matmul peak is the median of large fp32 `torch.mm`s
-measured in the same run.
+A variant (``VARIANTS``) runs both networks as kuosan runs its own: under
+``kuosan.precision.Autocast`` (bf16 autocast, fp32 output and loss), channels-last weights and
+input, ``torch.compile``. Protocol: seeded inputs; every (network, variant) is built from the
+same seed and called once untimed (its compilation, reported as "first s"); then `--warmup`
+untimed rounds and `--repeats` rounds that alternate all of them (the order flips every
+round); the median of each is reported, with its speed-up over kuosan fp32 (always timed) and
+its time relative to diffusers in the same variant. A training step is forward + MSE loss +
+backward + AdamW step (train mode); a sampling step is one forward under no_grad (eval mode).
+FLOPs come from torch.utils.flop_counter.FlopCounterMode on the fp32 networks (the optimizer's
+element-wise work is not counted); the matmul peak of each precision is the median of
+``torch.mm``s measured in the same run (n = 512 for bf16 on a CPU without native bf16, which
+emulates it at about 1 GFLOP/s). The header prints the CPU's bf16 capability.
 
-    OMP_NUM_THREADS=1 python3 benchmarks/train_speed.py --threads 1 --batch-size 32 \\
+    OMP_NUM_THREADS=1 python3 benchmarks/train_speed.py --threads 1 --batch-size 16 \\
+        --cases s32 --variants fp32-cl,bf16,bf16-cl,compile \\
         --note "quiet machine" --report benchmarks/results/train_speed
 
 ``--report PATH`` writes ``PATH.json`` (every row) and ``PATH.md`` (the printed table; the latest
@@ -42,6 +50,7 @@ from torch.utils.flop_counter import (
 )
 
 from kuosan.models import UNET_PRESETS, UNet, UNetConfig, count_parameters
+from kuosan.precision import Autocast, native_bf16
 
 Shape = tuple[int, ...]
 
@@ -102,26 +111,49 @@ def matmul_peak_gflops(n: int, repeats: int, device: str, sync: Callable[[], Non
     return 2 * n**3 / (statistics.median(times) * 1e-3) / 1e9
 
 
-def make_steps(
-    model: nn.Module, x: Tensor, t: Tensor, target: Tensor, bf16: bool
-) -> dict[str, Callable[[], None]]:
-    """One training step (forward + MSE + backward + AdamW) and one sampling step (forward)."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How a network runs: its precision (kuosan.precision), memory order and compilation."""
+
+    precision: str = "fp32"  # fp32, or bf16 autocast
+    channels_last: bool = False
+    compile: bool = False
+
+
+# name -> Variant; "bf16-cl" is what `--precision bf16` does on a CPU (kuosan.precision)
+VARIANTS: dict[str, Variant] = {
+    "fp32": Variant(),
+    "fp32-cl": Variant(channels_last=True),
+    "bf16": Variant("bf16"),
+    "bf16-cl": Variant("bf16", channels_last=True),
+    "compile": Variant(compile=True),
+    "bf16-cl-compile": Variant("bf16", channels_last=True, compile=True),
+}
+
+
+def make_steps(model: nn.Module, x: Tensor, t: Tensor, target: Tensor, variant: Variant
+               ) -> dict[str, Callable[[], None]]:
+    """One training step (forward + MSE + backward + AdamW) and one sampling step (forward),
+    run as kuosan runs them: the network under kuosan.precision.Autocast (fp32 output, fp32
+    loss), channels-last weights and input if asked, torch.compile'd if asked."""
+    fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    x = x.contiguous(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+    net = torch.compile(model) if variant.compile else model
+    run = Autocast(net, variant.precision, x.device)
 
     def train_step() -> None:
         model.train()
         opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = F.mse_loss(model(x, t).float(), target)
+        loss = F.mse_loss(run(x, t), target)
         loss.backward()
         opt.step()
 
     @torch.no_grad()
     def sample_step() -> None:
         model.eval()
-        with autocast:
-            model(x, t)
+        run(x, t)
 
     return {"train": train_step, "sample": sample_step}
 
@@ -152,31 +184,73 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def history_figures(rows: list[dict], batch_size: int, peak: float) -> dict:
-    """The history row's figures: per case, our ms per step relative to diffusers' (train,
-    sample; below 1: faster), our share of the matmul peak, and the parameter counts."""
+def history_figures(rows: list[dict], batch_size: int, peaks: dict[str, float]) -> dict:
+    """The history row's figures: per case and variant, kuosan's speed-up over kuosan fp32
+    (train, sample; above 1: faster), its time relative to diffusers' in the same variant
+    (below 1: faster), its share of the matmul peak, and the parameter counts."""
     ours = [r for r in rows if r["model"] == "kuosan"]
-    return {"batch_size": batch_size, "peak_gflops": round(peak, 1),
-            "cases": {r["case"]: {"params": r["params"],
-                                  "train_ratio": round(r["train_ratio"], 3),
-                                  "sample_ratio": round(r["sample_ratio"], 3),
-                                  "train_peak_pct": round(100 * r["train_peak"], 1),
-                                  "sample_peak_pct": round(100 * r["sample_peak"], 1)}
-                      for r in ours}}
+    return {"batch_size": batch_size, "peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
+            "cases": {f"{r['case']}/{r['variant']}": {
+                "params": r["params"],
+                "train_speedup": round(r["train_speedup"], 3),
+                "sample_speedup": round(r["sample_speedup"], 3),
+                "train_ratio": round(r["train_ratio"], 3),
+                "sample_ratio": round(r["sample_ratio"], 3),
+                "train_peak_pct": round(100 * r["train_peak"], 1),
+                "sample_peak_pct": round(100 * r["sample_peak"], 1)} for r in ours}}
+
+
+def time_case(case: str, variants: list[str], args: argparse.Namespace, device: str,
+              sync: Callable[[], None]) -> tuple[dict, dict, dict, dict]:
+    """Median ms per step of kuosan's UNet and its diffusers twin in each variant, all timed in
+    alternating rounds; the FLOPs per step (counted on the fp32 eager networks) and the
+    parameter counts per model; the first-call seconds (compilation) per (model, variant)."""
+    preset, channels, size = CASES[case]
+    cfg = dataclasses.replace(UNET_PRESETS[preset], in_channels=channels,
+                              out_channels=channels, image_size=size)
+    builders = {"kuosan": lambda: UNet(cfg), "diffusers": lambda: diffusers_twin(cfg)}
+    x = torch.randn(args.batch_size, channels, size, size, device=device)
+    target = torch.randn_like(x)
+    t = torch.rand(args.batch_size, device=device) * 999
+    steps, flops, params, first = {}, {}, {}, {}
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        model = build().to(device)
+        params[name] = count_parameters(model)
+        flops[name] = {k: count_flops(step) for k, step in make_steps(model, x, t, target, Variant()).items()}
+        for v in variants:
+            torch.manual_seed(0)
+            steps[name, v] = make_steps(build().to(device), x, t, target, VARIANTS[v])
+            start = time.perf_counter()
+            for step in steps[name, v].values():
+                step()
+            sync()
+            first[name, v] = time.perf_counter() - start
+    times: dict[tuple[str, str], dict[str, list[float]]] = {k: {"train": [], "sample": []} for k in steps}
+    for r in range(args.warmup + args.repeats):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))
+        for kind in ("train", "sample"):
+            for key in order:
+                ms = time_ms(steps[key][kind], sync)
+                if r >= args.warmup:
+                    times[key][kind].append(ms)
+    med = {k: {kind: statistics.median(v) for kind, v in d.items()} for k, d in times.items()}
+    return med, flops, params, first
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="m32,xs8", help=f"comma-separated, from {sorted(CASES)}")
+    p.add_argument("--variants", default="fp32",
+                   help=f"comma-separated, from {list(VARIANTS)}; fp32 is always timed too (the "
+                        "baseline of the speed-ups)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (peak: a bf16 mm)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in CUDA matmuls and convs")
-    p.add_argument("--channels-last", action="store_true", help="both models and inputs")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n×n matmul peak")
     p.add_argument("--note", default="(none given)", help="what else was running")
     p.add_argument("--report", type=Path, default=None,
@@ -191,95 +265,95 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(args.cases.split(",")) - set(CASES))
     if unknown:
         sys.exit(f"unknown --cases {unknown}; choose from {sorted(CASES)}")
+    variants = ["fp32"] + [v for v in args.variants.split(",") if v != "fp32"]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        sys.exit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
 
     torch.set_num_threads(args.threads)
     device = args.device
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
-    peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
-    peak = matmul_peak_gflops(args.peak_size, 5, device, sync, peak_dtype)
+    precisions = sorted({VARIANTS[v].precision for v in variants})
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    dev = torch.device(device)
+    # emulated bf16 (no native bf16) runs a 2048² mm at a few GFLOP/s: measure it on 512²
+    peak_n = {pr: args.peak_size if pr == "fp32" or native_bf16(dev) else min(args.peak_size, 512)
+              for pr in precisions}
+    peaks = {pr: matmul_peak_gflops(peak_n[pr], 5, device, sync, dtypes[pr]) for pr in precisions}
     printed: list[str] = []
 
     def say(line: str) -> None:  # print, and keep the line for the report
         printed.append(line)
         print(line)
 
+    caps = torch.cpu.get_capabilities() if dev.type == "cpu" else {}
     say(f"torch {torch.__version__}, diffusers {diffusers.__version__}, python "
         f"{platform.python_version()}, device {device}, threads {torch.get_num_threads()} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-        f"batch {args.batch_size}, channels_last {args.channels_last}, bf16 {args.bf16}, "
-        f"tf32 {args.tf32}")
-    say(f"machine: {platform.machine()} {platform.processor() or ''} cores {os.cpu_count()}; "
-        f"{'bf16' if args.bf16 else 'fp32'} matmul peak ({args.peak_size}² torch.mm): "
-        f"{peak:.1f} GFLOP/s"
-        + (f"; GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""))
+        f"batch {args.batch_size}, variants {','.join(variants)}, tf32 {args.tf32}")
+    say(f"machine: {platform.machine()} {caps.get('cpu_name', '')} cores {os.cpu_count()}; "
+        f"native bf16 {native_bf16(dev)}"
+        + (f" (amx_bf16 {caps.get('amx_bf16')}, avx512_bf16 {caps.get('avx512_bf16')}, "
+           f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})" if caps else "")
+        + (f"; GPU {torch.cuda.get_device_name()}" if dev.type == "cuda" else ""))
+    say("matmul peak (n² torch.mm): "
+        + ", ".join(f"{pr} {g:.1f} GFLOP/s (n = {peak_n[pr]})" for pr, g in peaks.items()))
     say(f"note: {args.note}")
-    say(f"protocol: {args.warmup} warm-up rounds, median of {args.repeats} alternating rounds")
+    say(f"protocol: {args.warmup} warm-up rounds, median of {args.repeats} rounds alternating "
+        "every (model, variant)")
 
-    header = (f"{'case':5} {'model':9} {'params':>8} {'train ms':>9} {'sample ms':>9} "
-              f"{'train x':>7} {'sample x':>8} {'train GF/s':>10} {'samp GF/s':>9} "
-              f"{'train %pk':>9} {'samp %pk':>8}")
+    header = (f"{'case':5} {'variant':15} {'model':9} {'params':>8} {'train ms':>9} "
+              f"{'sample ms':>9} {'train ×':>7} {'samp ×':>7} {'vs diff tr':>10} "
+              f"{'vs diff sa':>10} {'train %pk':>9} {'samp %pk':>8} {'first s':>7}")
     say(header)
     say("-" * len(header))
     rows = []
     for case in args.cases.split(","):
-        preset, channels, size = CASES[case]
-        cfg = dataclasses.replace(UNET_PRESETS[preset], in_channels=channels,
-                                  out_channels=channels, image_size=size)
-        torch.manual_seed(0)
-        models = {"kuosan": UNet(cfg), "diffusers": diffusers_twin(cfg)}
-        x = torch.randn(args.batch_size, channels, size, size, device=device)
-        x = x.contiguous(memory_format=fmt)
-        target = torch.randn_like(x)
-        t = torch.rand(args.batch_size, device=device) * 999
-        steps, flops = {}, {}
-        for name, model in models.items():
-            model.to(device=device, memory_format=fmt)
-            steps[name] = make_steps(model, x, t, target, args.bf16)
-            flops[name] = {k: count_flops(step) for k, step in steps[name].items()}
-
-        times: dict[str, dict[str, list[float]]] = {n: {"train": [], "sample": []} for n in models}
-        for r in range(args.warmup + args.repeats):
-            order = list(models) if r % 2 == 0 else list(reversed(models))
-            for kind in ("train", "sample"):
-                for name in order:
-                    ms = time_ms(steps[name][kind], sync)
-                    if r >= args.warmup:
-                        times[name][kind].append(ms)
-        med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in times.items()}
-        for name, model in models.items():
-            gfs = {k: flops[name][k] / (med[name][k] * 1e-3) / 1e9 for k in ("train", "sample")}
-            ratio = {k: med[name][k] / med["diffusers"][k] for k in ("train", "sample")}
-            row = {
-                "case": case, "model": name, "params": count_parameters(model),
-                "train_ms": med[name]["train"], "sample_ms": med[name]["sample"],
-                "train_ratio": ratio["train"], "sample_ratio": ratio["sample"],
-                "train_gflops": gfs["train"], "sample_gflops": gfs["sample"],
-                "train_peak": gfs["train"] / peak, "sample_peak": gfs["sample"] / peak,
-            }
-            rows.append(row)
-            say(f"{case:5} {name:9} {row['params'] / 1e6:7.2f}M {row['train_ms']:9.1f} "
-                f"{row['sample_ms']:9.1f} {row['train_ratio']:7.2f} {row['sample_ratio']:8.2f} "
-                f"{row['train_gflops']:10.1f} {row['sample_gflops']:9.1f} "
-                f"{100 * row['train_peak']:8.1f}% {100 * row['sample_peak']:7.1f}%")
+        med, flops, params, first = time_case(case, variants, args, device, sync)
+        for v in variants:
+            peak = peaks[VARIANTS[v].precision]
+            for name in ("kuosan", "diffusers"):
+                m = med[name, v]
+                speedup = {k: med["kuosan", "fp32"][k] / m[k] for k in ("train", "sample")}
+                ratio = {k: m[k] / med["diffusers", v][k] for k in ("train", "sample")}
+                gfs = {k: flops[name][k] / (m[k] * 1e-3) / 1e9 for k in ("train", "sample")}
+                row = {"case": case, "variant": v, "model": name, "params": params[name],
+                       "train_ms": m["train"], "sample_ms": m["sample"],
+                       "train_speedup": speedup["train"], "sample_speedup": speedup["sample"],
+                       "train_ratio": ratio["train"], "sample_ratio": ratio["sample"],
+                       "train_gflops": gfs["train"], "sample_gflops": gfs["sample"],
+                       "train_peak": gfs["train"] / peak, "sample_peak": gfs["sample"] / peak,
+                       "first_call_s": first[name, v]}
+                rows.append(row)
+                say(f"{case:5} {v:15} {name:9} {row['params'] / 1e6:7.2f}M {m['train']:9.1f} "
+                    f"{m['sample']:9.1f} {speedup['train']:7.2f} {speedup['sample']:7.2f} "
+                    f"{ratio['train']:10.2f} {ratio['sample']:10.2f} "
+                    f"{100 * row['train_peak']:8.1f}% {100 * row['sample_peak']:7.1f}% "
+                    f"{first[name, v]:7.1f}")
         say(f"{'':5} FLOPs per step (kuosan / diffusers): train "
             f"{flops['kuosan']['train'] / 1e9:.2f} / {flops['diffusers']['train'] / 1e9:.2f} G, "
             f"sample {flops['kuosan']['sample'] / 1e9:.2f} / "
             f"{flops['diffusers']['sample'] / 1e9:.2f} G")
-    say("x = ms per step relative to diffusers (below 1: kuosan is faster)")
+    say("× = speed-up over kuosan fp32 (above 1: faster); vs diff = ms relative to diffusers in "
+        "the same variant (below 1: kuosan is faster); %pk against the matmul peak of the "
+        "variant's precision; first s = the first train + sample call (compilation)")
 
     if args.report is not None:
         meta = run_meta("train_speed.py", argv, args.note, diffusers=diffusers.__version__,
-                        device=device, batch_size=args.batch_size, channels_last=args.channels_last,
-                        bf16=args.bf16, tf32=args.tf32, peak_gflops=peak)
+                        device=device, batch_size=args.batch_size, variants=variants,
+                        tf32=args.tf32, peak_gflops=peaks, native_bf16=native_bf16(dev),
+                        cpu_name=caps.get("cpu_name"))
         written = write_report(args.report, "train_speed",
-                               title="UNet step speed against diffusers' UNet2DModel", meta=meta,
-                               data={"rows": rows}, body="```\n" + "\n".join(printed) + "\n```\n",
+                               title="UNet step speed: precision, memory order and compilation, "
+                                     "against kuosan fp32 and diffusers' UNet2DModel",
+                               meta=meta, data={"rows": rows},
+                               body="```\n" + "\n".join(printed) + "\n```\n",
                                model="UNet cases: " + args.cases,
-                               figures=history_figures(rows, args.batch_size, peak))
+                               figures=history_figures(rows, args.batch_size, peaks))
         print("wrote " + ", ".join(map(str, written)))
+
 
 if __name__ == "__main__":
     main()

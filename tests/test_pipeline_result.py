@@ -89,12 +89,14 @@ def test_from_png_reads_pngs_written_before_the_result_object(tmp_path):
     `kuosan vary` at commit e676402 (before Result and kuosan.metadata). Their chunks read back
     unchanged; the generate one is made again with the same pixels (exactly on a machine like
     the one that wrote it: see test_pipeline_reference.py; elsewhere within one level, from
-    rounding near .5: test_pipeline_reference.assert_same_pixels) and carries the same text."""
+    rounding near .5: test_pipeline_reference.assert_same_pixels) and carries the same
+    parameters, and the one added since: precision (fp32, as every image made then)."""
     old = DATA / "old_generate.png"
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(old), "--out", str(again)]) == 0
     assert_same_pixels(Image.open(again), Image.open(old), "old_generate.png made again")
-    assert Image.open(again).text == Image.open(old).text
+    assert read_parameters(again) == read_parameters(old) | {"precision": "fp32"}
+    assert Image.open(again).text.keys() == Image.open(old).text.keys()
     with pytest.raises(KuosanError, match="lacks"):
         bad = tmp_path / "bad.png"
         save_png(Image.new("RGB", (4, 4)), bad, {"kuosan": json.dumps({"prompt": "x"})})

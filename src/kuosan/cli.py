@@ -23,6 +23,7 @@ from .cli_types import (
     LIMIT_FLAGS,
     NO_LIMITS_HELP,
     OUTPAINT_CANVAS,
+    add_device_arguments,
     non_negative_int,
     positive_float,
     positive_int,
@@ -59,7 +60,7 @@ TRAIN_FLAGS = {
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
     "weighting": "weighting", "high_noise": "high_noise", "seed": "seed", "sample_every": "sample_every",
-    "save_every": "save_every", "device": "device", "bf16": "bf16", "skip_bad": "skip_bad",
+    "save_every": "save_every", "device": "device", "precision": "precision", "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
     "decay_steps": "decay_steps",
@@ -136,8 +137,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=non_negative_int, default=d.save_every,
                    help="steps between checkpoints (0: only at the end)")
     p.add_argument("--grid-size", type=positive_int, default=d.grid_size, help="images per sample grid")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (for CUDA)")
+    add_device_arguments(p, legacy_bf16=True)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--text-encoder", default=None,
                    help="train text-to-image on captioned data: transformer (trained jointly), minilm "
@@ -172,8 +172,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _typed_flags(argv: list[str]) -> set[str]:
-    """The long flags present on the command line, as argparse dests."""
-    return {t[2:].split("=")[0].replace("-", "_") for t in argv if t.startswith("--")}
+    """The long flags present on the command line, as argparse dests (--bf16: precision)."""
+    flags = {t[2:].split("=")[0].replace("-", "_") for t in argv if t.startswith("--")}
+    return {"precision" if f == "bf16" else f for f in flags}
 
 
 # ---- eval --------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
                         "is worth) with its paired standard error")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     add_fid_arguments(p)  # --fid REF and its flags: kuosan.metrics.command
@@ -223,7 +224,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.empty_captions and args.caption_gain:
         raise KuosanError("--caption-gain scores both the own and the empty captions: "
                           "leave out --empty-captions")
-    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device)
+    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device,
+                         precision=args.precision)
     for flag, asked in (("--empty-captions", args.empty_captions), ("--caption-gain", args.caption_gain)):
         if asked and not pipe.is_text_conditioned:
             raise KuosanError(f"{flag} applies to text models, and '{args.model}' is not one")
@@ -297,7 +299,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None,
                    help="a secret clients send as 'Authorization: Bearer TOKEN' (the page: open "
                         "it once with ?token=TOKEN); required for any --host but loopback")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arguments(p)
     p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_serve)
 
@@ -308,7 +310,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     sock = check_listen(args.host, args.port, args.token)  # before loading: fail fast
     try:
-        pipe = Pipeline.load(args.model, device=args.device,
+        pipe = Pipeline.load(args.model, device=args.device, precision=args.precision,
                              limits=Limits.none() if args.no_limits else WEB)
         serve(pipe, str(args.model), sock, args.outputs, args.token)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from .cli_types import (
     NO_LIMITS_HELP,
+    add_device_arguments,
     limits_of,
     non_negative_float,
     non_negative_int,
@@ -64,7 +65,7 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="a .png grid, or a folder")
     p.add_argument("--batch", type=positive_int, default=256, help="samples per batch")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_sample)
@@ -74,7 +75,8 @@ def run_sample(args: argparse.Namespace) -> int:
     out: Path = args.out
     limits = limits_of(args)
     limits.check(images=args.num, steps=args.steps)  # what the flags decide, before loading
-    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device, limits=limits)
+    pipe = Pipeline.load(args.model, weights=args.weights, device=args.device,
+                         precision=args.precision, limits=limits)
     vector = pipe.info.kind == "vector"
     suffix = out.suffix.lower()
     if suffix not in ((".png", ".csv") if vector else (".png", "")):
@@ -162,7 +164,7 @@ def _common_generation_flags(p: argparse.ArgumentParser) -> None:
                    help="a .png file, or a folder (written as each batch finishes)")
     p.add_argument("--batch", type=positive_int, default=16,
                    help="images per batch (the same images whatever the batch)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_arguments(p)
     p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_task)
 
@@ -286,7 +288,7 @@ def run_task(args: argparse.Namespace) -> int:
         inputs = {"image": _open_image(args.image, "IMAGE")}
         if task == "inpaint":
             inputs["mask_image"] = _open_image(args.mask, "--mask")
-    pipe = Pipeline.load(args.model, device=args.device, limits=limits)
+    pipe = Pipeline.load(args.model, device=args.device, precision=args.precision, limits=limits)
     extra = {"user_prompt": args.prompt} if getattr(args, "enhance", False) else {}
     if extra:
         args.prompt = pipe.enhance_prompt(args.prompt)

@@ -7,6 +7,7 @@ import argparse
 import math
 
 from .limits import SIDES, Limits
+from .precision import PRECISIONS
 
 
 def _number(kind: type, minimum: float, strict: bool, what: str):
@@ -40,3 +41,15 @@ OUTPAINT_CANVAS = {"pixels": "IMAGE with --left/--top/--right/--bottom"}
 
 def limits_of(args: argparse.Namespace) -> Limits:
     return Limits.none() if args.no_limits else Limits()
+
+
+def add_device_arguments(p: argparse.ArgumentParser, *, legacy_bf16: bool = False) -> None:
+    """``--device`` and ``--precision`` (:mod:`kuosan.precision`); ``legacy_bf16`` also takes
+    ``--bf16``, the flag of older versions, as ``--precision bf16``."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the network's arithmetic: fp32, or bf16 autocast; auto = bf16 on a CUDA "
+                        "GPU with bf16, fp32 on CPUs (docs/speed.md says why)")
+    if legacy_bf16:
+        p.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                       help="the same as --precision bf16")

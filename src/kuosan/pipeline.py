@@ -53,6 +53,7 @@ from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
 from .limits import SIDES, Limits, check_count
 from .models import build_model
+from .precision import Autocast, prepare_module, resolve_precision
 from .request import Request
 from .result import Result
 from .samplers import Generators, sample
@@ -82,9 +83,12 @@ class Pipeline:
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, prediction: str, info: DataInfo,
                  config: dict, device: torch.device, name: str = "", path: Path | None = None, *,
                  limits: Limits | None = None, source: str | None = None,
-                 digest: str | None = None) -> None:
+                 digest: str | None = None, precision: str = "auto") -> None:
         self.model, self.schedule, self.prediction = model, schedule, prediction
         self.info, self.config, self.device, self.name = info, config, device, name
+        self.precision = resolve_precision(precision, device)  # "fp32" or "bf16"
+        prepare_module(model, self.precision, device)
+        self.net = Autocast(model, self.precision, device)  # the denoiser's calls, outputs fp32
         self.path = path  # the checkpoint folder it was loaded from
         self.limits = Limits() if limits is None else limits
         self.source = source or name
@@ -93,10 +97,11 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto",
-             limits: Limits | None = None) -> Pipeline:
+             limits: Limits | None = None, precision: str = "auto") -> Pipeline:
         """Load a checkpoint folder, or a model bundled with the package by name
         (``kuosan/bundled/NAME``); ``weights``: "ema" or "model"; ``limits``: those of every
-        call (default :class:`~kuosan.limits.Limits`; ``Limits.none()`` lifts them)."""
+        call (default :class:`~kuosan.limits.Limits`; ``Limits.none()`` lifts them);
+        ``precision``: "auto", "fp32" or "bf16" (:mod:`kuosan.precision`)."""
         folder = resolve_model(path)
         config = load_config(folder)
         try:
@@ -115,7 +120,8 @@ class Pipeline:
         dev = pick_device(device)
         model.to(dev).eval().requires_grad_(False)
         return cls(model, schedule, config.get("prediction", "eps"), info, config, dev,
-                   name=folder.name, path=folder, limits=limits, source=str(path))
+                   name=folder.name, path=folder, limits=limits, source=str(path),
+                   precision=precision)
 
     @property
     def is_text_conditioned(self) -> bool:
@@ -153,7 +159,7 @@ class Pipeline:
             if any(captions) or negative_prompt:
                 raise KuosanError(f"'{self.name}' is not a text-to-image model: it takes no prompt "
                                   f"(use a model trained with --text-encoder)")
-            return self.model
+            return self.net
         scale = self.default_guidance if guidance_scale is None else guidance_scale
         if not any(captions) and not negative_prompt:
             scale = 1.0  # the condition is the null condition: guidance would change nothing
@@ -163,10 +169,10 @@ class Pipeline:
             texts = [[p[i][0] if i < len(p) else "" for p in parts] for i in range(k)]
             weights = torch.tensor([[p[i][1] if i < len(p) else 0.0 for p in parts]
                                     for i in range(k)])
-            return composed_cfg_model(self.model, [self.model.encode(t) for t in texts], weights,
+            return composed_cfg_model(self.net, [self.model.encode(t) for t in texts], weights,
                                       self.model.encode([negative_prompt or ""]), scale)
         uncond = self.model.encode([negative_prompt or ""]) if scale != 1.0 else {}
-        return cfg_model(self.model, self.model.encode(list(captions)), uncond, scale)
+        return cfg_model(self.net, self.model.encode(list(captions)), uncond, scale)
 
     def inpaint_sampling(self, sampler: str | None, resample: int | None) -> tuple[str, int]:
         """(sampler, resample) an inpainting call runs with: ``resample`` None is
@@ -331,9 +337,9 @@ class Pipeline:
         r = Request.of("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
                        sampler=sampler, batch_size=batch_size, progress=progress, **sampler_kwargs)
         self._check(r, 1, self.item_pixels, [], names={"images": "n"})
-        model = self.model
+        model = self.net
         if self.is_text_conditioned:
-            model = cfg_model(self.model, self.model.encode([""]), {}, 1.0)
+            model = cfg_model(self.net, self.model.encode([""]), {}, 1.0)
         return (self._sample(model, len(rows), r, sampler, gens)
                 for rows, gens, _ in r.seeded_batches())
 
@@ -365,7 +371,7 @@ class Pipeline:
             for rows, gens, seeds in plan:
                 yield Result(r.task, make(rows, gens), [prompt_of(i) for i in rows],
                              r.negative_prompt, seeds, sampler, r.num_inference_steps, guidance,
-                             self.source, self.digest, **resolved)
+                             self.source, self.digest, precision=self.precision, **resolved)
 
         return results()
 

@@ -34,7 +34,8 @@ class Result(Sequence[Image.Image]):
     img2img, ``resample`` for inpaint and outpaint; ``settings`` holds the task's own values
     (``feather``; ``left``/``top``/``right``/``bottom``). ``model`` is the name or folder the
     pipeline was loaded from and ``model_hash`` its weights' digest
-    (:func:`kuosan.checkpoint.weights_digest`, computed once at load).
+    (:func:`kuosan.checkpoint.weights_digest`, computed once at load); ``precision`` the
+    network's arithmetic ("fp32" or "bf16", :mod:`kuosan.precision`).
     """
 
     task: str
@@ -50,6 +51,7 @@ class Result(Sequence[Image.Image]):
     strength: float | None = None
     resample: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
     kuosan_version: str = __version__
 
     @overload
@@ -72,14 +74,14 @@ class Result(Sequence[Image.Image]):
     def parameters(self, i: int = 0) -> dict[str, Any]:
         """Image ``i``'s settings, the keys that ``kuosan generate --from-png`` reads: prompt,
         negative_prompt, seed (None with ``generator=``), num (1), sampler, steps, guidance,
-        model, model_hash, kuosan_version, command (the task), and the task's own (strength,
+        model, model_hash, precision, kuosan_version, command (the task), and the task's own (strength,
         resample, feather, left, …)."""
         own = {k: v for k, v in (("strength", self.strength), ("resample", self.resample))
                if v is not None}
         return {"prompt": self.prompts[i], "negative_prompt": self.negative_prompt,
                 "seed": None if self.seeds is None else self.seeds[i], "num": 1,
                 "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance,
-                "model": self.model, "model_hash": self.model_hash,
+                "model": self.model, "model_hash": self.model_hash, "precision": self.precision,
                 "kuosan_version": self.kuosan_version, "command": self.task, **own,
                 **self.settings}
 

@@ -56,6 +56,7 @@ from .models import (
 )
 from .models.conditional import TextConditionedUNet, drop_captions, make_text_encoder
 from .objectives import training_loss
+from .precision import Autocast, prepare_module, resolve_precision
 from .samplers import sample
 from .train_config import (  # noqa: F401 (the groups: importable from here too)
     DataConfig,
@@ -80,7 +81,7 @@ class TrainResult:
 
 # the TrainConfig fields a resumed run may change (`kuosan train --resume`); the rest come from
 # the checkpoint
-RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "bf16"}
+RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "precision"}
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
@@ -221,8 +222,11 @@ class Trainer:
         self.config = config
         device = config.runtime.device
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        self.accelerator = Accelerator(cpu=use_cpu,
-                                       mixed_precision="bf16" if config.runtime.bf16 else "no")
+        device_type = "cpu" if use_cpu else "cuda"
+        self.precision = resolve_precision(config.runtime.precision, device_type)
+        # autocast is kuosan.precision's (train_step), not Accelerate's mixed_precision: that is
+        # process-wide state, fixed by the first Accelerator of a process
+        self.accelerator = Accelerator(cpu=use_cpu)
         acc = self.accelerator
         if config.optim.batch_size % (acc.num_processes * config.optim.grad_accum):
             raise KuosanError(
@@ -269,6 +273,7 @@ class Trainer:
             self._load(model, optimizer, source_config)
         elif source is not None:
             start_from(model, self.ema, source, source_config, config)
+        prepare_module(model, self.precision, acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)
@@ -369,7 +374,8 @@ class Trainer:
                 model = self.model
                 if captions is not None:
                     model = functools.partial(self.model, captions=captions[rows])
-                with sync, acc.autocast():
+                model = Autocast(model, self.precision, acc.device)  # fp32 out: the loss is fp32
+                with sync:
                     loss = training_loss(model, x0, self.schedule, prediction=self.config.model.prediction,
                                          weighting=o.weighting, gamma=o.min_snr_gamma,
                                          t=t[rows].to(acc.device), noise=noise[rows].to(acc.device)).mean()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import KuosanError
+from .precision import PRECISIONS
 from .schedule import PREDICTIONS, NoiseSchedule
 
 
@@ -152,7 +153,7 @@ class RuntimeConfig:
     save_every: int = 1000  # steps between checkpoints (0: only at the end)
     log_every: int = 50
     device: str = "auto"  # auto, cpu or cuda
-    bf16: bool = False  # bf16 autocast (CUDA)
+    precision: str = "auto"  # auto, fp32 or bf16 (kuosan.precision; auto: bf16 on CUDA)
 
     def check(self) -> None:
         _check_positive_ints(log_every=self.log_every)
@@ -165,6 +166,7 @@ class RuntimeConfig:
         if self.minutes is not None and not self.minutes > 0:
             raise KuosanError(f"--minutes must be > 0, got {self.minutes}")
         _check_choice("--device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("--precision", self.precision, PRECISIONS)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise KuosanError("--device cuda was asked for, but no CUDA device is available")
 
@@ -180,6 +182,16 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
        if (group, f.name) not in _RENAMED.values()},
     **_RENAMED,
 }
+
+
+def _legacy(stored: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with the settings of older versions renamed: ``bf16`` (a bool, before
+    ``precision``) becomes precision "bf16" or "fp32", what that run used."""
+    if "bf16" not in stored:
+        return stored
+    out = {k: v for k, v in stored.items() if k != "bf16"}
+    out.setdefault("precision", "bf16" if stored["bf16"] else "fp32")
+    return out
 
 
 @dataclass(frozen=True)
@@ -225,9 +237,10 @@ class TrainConfig:
         nested = bool(stored) and set(stored) <= set(GROUPS) and all(
             isinstance(v, dict) for v in stored.values())
         if not nested:
-            return cls.from_flat(**{k: v for k, v in stored.items() if k in FLAT_NAMES})
+            return cls.from_flat(**{k: v for k, v in _legacy(stored).items() if k in FLAT_NAMES})
         groups = {}
         for group, sub in stored.items():
+            sub = _legacy(sub) if group == "runtime" else sub
             names = {f.name for f in dataclasses.fields(GROUPS[group])}
             groups[group] = GROUPS[group](**{k: v for k, v in sub.items() if k in names})
         return cls(**groups)

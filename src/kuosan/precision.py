@@ -1,0 +1,92 @@
+"""The network's arithmetic: fp32, or bf16 autocast where the hardware runs bf16 natively.
+
+Under bf16 autocast the convolutions and matmuls of the network run in bfloat16 (8-bit
+mantissa, fp32's exponent range, so no loss scaling); everything the algorithm's exactness rests
+on stays fp32:
+
+- the weights and the optimizer state (autocast casts per op; the master weights are fp32), and
+  EMA, which averages those fp32 weights;
+- the noise schedule (ᾱ_t and every coefficient made from it) and x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε;
+- the loss, w(t)·‖out − target‖², computed on the output cast to fp32;
+- every sampler's state (x_t, x̂_0, a solver's history) and the guidance combination
+  out_u + s·(out_c − out_u): :class:`Autocast` hands back fp32.
+
+``auto`` picks (:func:`resolve_precision`):
+
+- **CUDA**: bf16 where the device supports it (Ampere and newer), else fp32.
+- **CPU**: fp32, on every CPU. On a CPU without native bf16 (no AMX-BF16 or AVX512-BF16: e.g.
+  the AMD EPYC (AVX2) of a development machine here) bf16 is emulated, and autocast made the
+  `s` UNet's training step about 11× and its sampling step about 7× *slower* even with
+  channels-last (about 17× and 40× without; ``benchmarks/train_speed.py --precisions``).
+  On CPUs with native bf16 it is measured to help (1.14× end to end for kuosan's training, the
+  issue that asked for this; see docs/speed.md), but that it keeps quality has not been measured
+  yet, so ``auto`` stays fp32 there too until a benchmark shows both; ``--precision bf16`` asks
+  for it.
+
+On the CPU, bf16 also puts the network in channels-last memory order (NHWC), the layout oneDNN's
+bf16 convolutions work in: without it each convolution reorders its input (measured here:
+bf16 sampling 21 s per batch of 32 without, 3.7 s with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import KuosanError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` does bf16 arithmetic in hardware: a CUDA device with bf16 support, or a
+    CPU with AMX-BF16 or AVX512-BF16 (``torch.cpu.get_capabilities()``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """"fp32" or "bf16" for ``precision`` ("auto", "fp32", "bf16") on ``device``: auto is bf16 on
+    a CUDA device with bf16, fp32 elsewhere (module docstring)."""
+    if precision not in PRECISIONS:
+        raise KuosanError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
+    return precision
+
+
+def prepare_module(model: nn.Module, precision: str, device: torch.device | str) -> nn.Module:
+    """``model`` in the memory order its arithmetic wants: channels-last for bf16 on the CPU
+    (oneDNN's layout), unchanged otherwise. In place; returns ``model``."""
+    if precision == "bf16" and torch.device(device).type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast(precision: str, device: torch.device | str) -> torch.autocast:
+    """The autocast context of ``precision`` ("fp32" or "bf16", resolved) on ``device``."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+class Autocast:
+    """``model`` run under :func:`autocast`; (x_t, t, **cond) ↦ its output as fp32. With fp32 it
+    is ``model`` itself in effect (no autocast, no copy)."""
+
+    def __init__(self, model: Callable[..., Tensor], precision: str,
+                 device: torch.device | str) -> None:
+        self.model, self.precision, self.device = model, precision, torch.device(device)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        if self.precision != "bf16":
+            return self.model(*args, **kwargs)
+        with autocast(self.precision, self.device):
+            return self.model(*args, **kwargs).float()

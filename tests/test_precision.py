@@ -1,0 +1,141 @@
+"""Precision (kuosan.precision): what ``auto`` picks, fp32 everywhere the math needs it, bf16 in
+the trainer, the Pipeline and the CLI."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from kuosan import KuosanError
+from kuosan.cli import main
+from kuosan.metadata import read_parameters
+from kuosan.models import UNet, unet_preset
+from kuosan.pipeline import Pipeline
+from kuosan.precision import Autocast, native_bf16, prepare_module, resolve_precision
+from kuosan.train import TrainConfig, train
+
+TINY = TrainConfig.from_flat(data="digits", steps=4, batch_size=8, warmup_steps=1, sample_every=0,
+                             save_every=0, grid_size=4, grid_steps=3, log_every=2)
+
+
+@pytest.mark.parametrize("caps, native", [
+    ({"amx_bf16": True, "avx512_bf16": False}, True),
+    ({"amx_bf16": False, "avx512_bf16": True}, True),
+    ({"amx_bf16": False, "avx512_bf16": False, "avx2": True}, False),
+    ({}, False),
+])
+def test_native_bf16_on_the_cpu_reads_its_capabilities(monkeypatch, caps, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert native_bf16(torch.device("cpu")) is native
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_fp32_on_every_cpu(monkeypatch, native):
+    caps = {"amx_bf16": native, "avx512_bf16": native}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_on_cuda_is_bf16_where_the_gpu_has_it(monkeypatch, supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    assert resolve_precision("auto", "cuda") == expected
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(KuosanError, match="--precision: 'fp16'"):
+        resolve_precision("fp16", "cpu")
+
+
+def tiny_unet() -> UNet:
+    """The digits UNet with its zero-initialised layers (output conv, …) given small random
+    weights, so that every layer shapes the output."""
+    torch.manual_seed(0)
+    model = UNet(unet_preset("xs", in_channels=1, out_channels=1, image_size=8)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def test_fp32_is_the_model_itself_and_bf16_returns_fp32():
+    model = tiny_unet()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0.0, 10.0, 500.0, 999.0])
+    with torch.no_grad():
+        ref = model(x, t)
+        assert torch.equal(Autocast(model, "fp32", "cpu")(x, t), ref)
+        out = Autocast(model, "bf16", "cpu")(x, t)
+    assert out.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    # bf16 keeps 8 significant bits: ≤ 2⁻⁹ ≈ 0.002 per rounding, a random walk over ~20 layers
+    # ≈ 0.01 of the output's scale; 0.05 is still ≪ an O(1) error (as in test_models)
+    assert not torch.equal(out, ref)  # it really ran in bf16
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_bf16_on_the_cpu_is_channels_last_and_fp32_unchanged():
+    model = prepare_module(tiny_unet(), "fp32", "cpu")
+    assert all(p.is_contiguous() for p in model.parameters())
+    prepare_module(model, "bf16", "cpu")
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_training_in_bf16_saves_fp32_contiguous_weights_and_resumes_exactly(tmp_path):
+    bf16 = TINY.replace(precision="bf16")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(bf16, straight, progress=False)
+    train(bf16.replace(steps=2), split, progress=False)
+    train(bf16, split, resume=True, progress=False)
+    from safetensors.torch import load_file
+    a, b = load_file(straight / "model.safetensors"), load_file(split / "model.safetensors")
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in a.values())
+    assert a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+    stored = json.loads((straight / "config.json").read_text())["train"]["runtime"]
+    assert stored["precision"] == "bf16"
+    fp32 = load_file(train(TINY.replace(precision="fp32"), tmp_path / "fp32", progress=False)
+                     and tmp_path / "fp32" / "model.safetensors")
+    assert any(not torch.equal(v, fp32[k]) for k, v in a.items())  # bf16 really ran
+
+
+@pytest.mark.parametrize("stored, expected", [
+    ({"bf16": True}, "bf16"), ({"bf16": False}, "fp32"),
+    ({"runtime": {"bf16": True, "steps": 3}}, "bf16"), ({"runtime": {"steps": 3}}, "auto"),
+])
+def test_configs_written_with_the_bf16_flag_keep_their_precision(stored, expected):
+    assert TrainConfig.from_dict(stored).runtime.precision == expected
+
+
+def test_train_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--steps", "2", "--batch", "8", "--sample-every", "0",
+            "--save-every", "0", "--no-progress", "--out", str(out)]
+    assert main(args + ["--bf16"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["runtime"]["precision"] == "bf16"
+    # a resumed run takes a new precision (what the machine it runs on wants)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--precision", "fp32",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["runtime"]["precision"] == "fp32"
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--precision", "fp16"])
+    assert exc.value.code == 2 and "--precision" in capsys.readouterr().err
+
+
+def test_pipeline_records_its_precision(tmp_path):
+    run = tmp_path / "run"
+    train(TINY.replace(steps=1), run, progress=False)
+    fp32 = Pipeline.load(run, precision="fp32", device="cpu")
+    bf16 = Pipeline.load(run, precision="bf16", device="cpu")
+    assert Pipeline.load(run, device="cpu").precision == "fp32"  # auto, on a CPU
+    a = fp32.generate(num_images_per_prompt=2, num_inference_steps=3, seed=0)
+    b = bf16.generate(num_images_per_prompt=2, num_inference_steps=3, seed=0)
+    assert (a.precision, b.precision) == ("fp32", "bf16")
+    assert b.parameters(0)["precision"] == "bf16"
+    assert len(b) == 2 and all(isinstance(im, Image.Image) for im in b)
+    out = tmp_path / "img.png"
+    assert main(["generate", "", "--model", str(run), "--steps", "3", "--precision", "bf16",
+                 "--out", str(out)]) == 0
+    assert read_parameters(out)["precision"] == "bf16"
