@@ -60,7 +60,8 @@ TRAIN_FLAGS = {
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
     "weighting": "weighting", "high_noise": "high_noise", "seed": "seed", "sample_every": "sample_every",
-    "save_every": "save_every", "device": "device", "precision": "precision", "skip_bad": "skip_bad",
+    "save_every": "save_every", "device": "device", "precision": "precision", "compile": "compile",
+    "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
     "decay_steps": "decay_steps",
@@ -225,7 +226,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise KuosanError("--caption-gain scores both the own and the empty captions: "
                           "leave out --empty-captions")
     pipe = Pipeline.load(args.model, weights=args.weights, device=args.device,
-                         precision=args.precision)
+                         precision=args.precision, compile=args.compile)
     for flag, asked in (("--empty-captions", args.empty_captions), ("--caption-gain", args.caption_gain)):
         if asked and not pipe.is_text_conditioned:
             raise KuosanError(f"{flag} applies to text models, and '{args.model}' is not one")
@@ -311,6 +312,7 @@ def run_serve(args: argparse.Namespace) -> int:
     sock = check_listen(args.host, args.port, args.token)  # before loading: fail fast
     try:
         pipe = Pipeline.load(args.model, device=args.device, precision=args.precision,
+                             compile=args.compile,
                              limits=Limits.none() if args.no_limits else WEB)
         serve(pipe, str(args.model), sock, args.outputs, args.token)
     except KeyboardInterrupt:

@@ -76,7 +76,7 @@ def run_sample(args: argparse.Namespace) -> int:
     limits = limits_of(args)
     limits.check(images=args.num, steps=args.steps)  # what the flags decide, before loading
     pipe = Pipeline.load(args.model, weights=args.weights, device=args.device,
-                         precision=args.precision, limits=limits)
+                         precision=args.precision, compile=args.compile, limits=limits)
     vector = pipe.info.kind == "vector"
     suffix = out.suffix.lower()
     if suffix not in ((".png", ".csv") if vector else (".png", "")):
@@ -288,7 +288,8 @@ def run_task(args: argparse.Namespace) -> int:
         inputs = {"image": _open_image(args.image, "IMAGE")}
         if task == "inpaint":
             inputs["mask_image"] = _open_image(args.mask, "--mask")
-    pipe = Pipeline.load(args.model, device=args.device, precision=args.precision, limits=limits)
+    pipe = Pipeline.load(args.model, device=args.device, precision=args.precision,
+                         compile=args.compile, limits=limits)
     extra = {"user_prompt": args.prompt} if getattr(args, "enhance", False) else {}
     if extra:
         args.prompt = pipe.enhance_prompt(args.prompt)

@@ -53,7 +53,7 @@ from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
 from .limits import SIDES, Limits, check_count
 from .models import build_model
-from .precision import Autocast, prepare_module, resolve_precision
+from .precision import Autocast, compile_network, prepare_module, resolve_precision
 from .request import Request
 from .result import Result
 from .samplers import Generators, sample
@@ -83,11 +83,13 @@ class Pipeline:
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, prediction: str, info: DataInfo,
                  config: dict, device: torch.device, name: str = "", path: Path | None = None, *,
                  limits: Limits | None = None, source: str | None = None,
-                 digest: str | None = None, precision: str = "auto") -> None:
+                 digest: str | None = None, precision: str = "auto", compile: bool = False) -> None:
         self.model, self.schedule, self.prediction = model, schedule, prediction
         self.info, self.config, self.device, self.name = info, config, device, name
         self.precision = resolve_precision(precision, device)  # "fp32" or "bf16"
         prepare_module(model, self.precision, device)
+        if compile:
+            compile_network(model, device)
         self.net = Autocast(model, self.precision, device)  # the denoiser's calls, outputs fp32
         self.path = path  # the checkpoint folder it was loaded from
         self.limits = Limits() if limits is None else limits
@@ -97,11 +99,13 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | Path, *, weights: str = "ema", device: str | torch.device = "auto",
-             limits: Limits | None = None, precision: str = "auto") -> Pipeline:
+             limits: Limits | None = None, precision: str = "auto", compile: bool = False
+             ) -> Pipeline:
         """Load a checkpoint folder, or a model bundled with the package by name
         (``kuosan/bundled/NAME``); ``weights``: "ema" or "model"; ``limits``: those of every
         call (default :class:`~kuosan.limits.Limits`; ``Limits.none()`` lifts them);
-        ``precision``: "auto", "fp32" or "bf16" (:mod:`kuosan.precision`)."""
+        ``precision``: "auto", "fp32" or "bf16", ``compile``: torch.compile the UNet
+        (:mod:`kuosan.precision`)."""
         folder = resolve_model(path)
         config = load_config(folder)
         try:
@@ -121,7 +125,7 @@ class Pipeline:
         model.to(dev).eval().requires_grad_(False)
         return cls(model, schedule, config.get("prediction", "eps"), info, config, dev,
                    name=folder.name, path=folder, limits=limits, source=str(path),
-                   precision=precision)
+                   precision=precision, compile=compile)
 
     @property
     def is_text_conditioned(self) -> bool:

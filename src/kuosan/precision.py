@@ -1,4 +1,5 @@
-"""The network's arithmetic: fp32, or bf16 autocast where the hardware runs bf16 natively.
+"""How the network runs: its arithmetic (fp32, or bf16 autocast where the hardware runs bf16
+natively), and compiled or not.
 
 Under bf16 autocast the convolutions and matmuls of the network run in bfloat16 (8-bit
 mantissa, fp32's exponent range, so no loss scaling); everything the algorithm's exactness rests
@@ -26,6 +27,12 @@ on stays fp32:
 On the CPU, bf16 also puts the network in channels-last memory order (NHWC), the layout oneDNN's
 bf16 convolutions work in: without it each convolution reorders its input (measured here:
 bf16 sampling 21 s per batch of 32 without, 3.7 s with).
+
+``compile`` (:func:`compile_network`, ``--compile``) hands the UNet to ``torch.compile``, in
+place: its parameter names and checkpoints are unchanged. The first call of each input shape
+compiles (minutes on a 2-core CPU, said in the log); later calls run the fused code. On CUDA it
+uses mode "reduce-overhead" (CUDA graphs: one launch for the whole step, the cure for small
+networks whose step time is kernel launches). Off by default: it pays only for long runs.
 """
 
 from __future__ import annotations
@@ -90,3 +97,13 @@ class Autocast:
             return self.model(*args, **kwargs)
         with autocast(self.precision, self.device):
             return self.model(*args, **kwargs).float()
+
+
+def compile_network(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model``'s UNet compiled in place (``nn.Module.compile``; a text-to-image model's text
+    encoder, which takes Python strings, stays eager); mode "reduce-overhead" (CUDA graphs) on
+    CUDA, the default elsewhere. Returns ``model``."""
+    unet = getattr(model, "unet", model)
+    mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+    unet.compile(mode=mode)
+    return model

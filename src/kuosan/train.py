@@ -56,7 +56,7 @@ from .models import (
 )
 from .models.conditional import TextConditionedUNet, drop_captions, make_text_encoder
 from .objectives import training_loss
-from .precision import Autocast, prepare_module, resolve_precision
+from .precision import Autocast, compile_network, prepare_module, resolve_precision
 from .samplers import sample
 from .train_config import (  # noqa: F401 (the groups: importable from here too)
     DataConfig,
@@ -81,7 +81,7 @@ class TrainResult:
 
 # the TrainConfig fields a resumed run may change (`kuosan train --resume`); the rest come from
 # the checkpoint
-RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "precision"}
+RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "precision", "compile"}
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
@@ -274,6 +274,8 @@ class Trainer:
         elif source is not None:
             start_from(model, self.ema, source, source_config, config)
         prepare_module(model, self.precision, acc.device)
+        if config.runtime.compile:
+            compile_network(model, acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)
@@ -411,7 +413,11 @@ class Trainer:
             n_params = count_parameters(acc.unwrap_model(self.model))
             print(f"kuosan: training {self.kind} ({n_params / 1e6:.2f} M parameters) on {self.info.name} "
                   f"{self.info.num_items} × {tuple(self.info.shape)}, {acc.num_processes} process(es) on "
-                  f"{acc.device}, batch {cfg.optim.batch_size}, from step {self.step}", flush=True)
+                  f"{acc.device}, batch {cfg.optim.batch_size}, {self.precision}, from step "
+                  f"{self.step}", flush=True)
+            if cfg.runtime.compile:
+                print("kuosan: --compile: the first step compiles the UNet (minutes on a CPU); "
+                      "steps/s counts it", flush=True)
         start = time.monotonic()
         stopped_by, loss, log_losses = "steps", float("nan"), []
         bar = tqdm(total=cfg.runtime.steps, initial=self.step, disable=not (main and self.progress),

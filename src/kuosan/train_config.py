@@ -154,6 +154,7 @@ class RuntimeConfig:
     log_every: int = 50
     device: str = "auto"  # auto, cpu or cuda
     precision: str = "auto"  # auto, fp32 or bf16 (kuosan.precision; auto: bf16 on CUDA)
+    compile: bool = False  # torch.compile the UNet (kuosan.precision.compile_network)
 
     def check(self) -> None:
         _check_positive_ints(log_every=self.log_every)

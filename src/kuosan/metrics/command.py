@@ -86,7 +86,7 @@ def _random_subset(images: ImageSet, n: int | None, rng: np.random.Generator,
 def sample_checkpoint(model: str | Path, n: int, *, captions_from: ImageSet | None, seed: int,
                       sampler: str | None, steps: int, guidance: float | None, batch: int,
                       weights: str, device: str, progress: bool,
-                      precision: str = "auto") -> tuple[ImageSet, dict]:
+                      precision: str = "auto", compile: bool = False) -> tuple[ImageSet, dict]:
     """``n`` images from a checkpoint (image i seeded seed + i, as `generate`), and how they were
     drawn. A text model gets n captions drawn (seeded ``seed``, without replacement when there
     are enough) from ``captions_from``, else from its training data."""
@@ -96,7 +96,8 @@ def sample_checkpoint(model: str | Path, n: int, *, captions_from: ImageSet | No
     from kuosan.images import pil_to_uint8
     from kuosan.pipeline import Pipeline
 
-    pipe = Pipeline.load(model, weights=weights, device=device, precision=precision)
+    pipe = Pipeline.load(model, weights=weights, device=device, precision=precision,
+                         compile=compile)
     if pipe.info.kind != "image":
         raise KuosanError(f"'{model}' models {pipe.info.kind}s, not images: FID needs images")
     sampler = sampler or pipe.default_sampler
@@ -169,7 +170,7 @@ def run_fid(args: argparse.Namespace) -> int:
             source_spec, args.num or DEFAULT_N, captions_from=ref_all, seed=args.seed,
             sampler=args.sampler, steps=args.steps, guidance=args.guidance, batch=args.batch,
             weights=args.weights, device=args.device, progress=progress,
-            precision=args.precision)
+            precision=args.precision, compile=args.compile)
         if args.save_samples is not None:
             save_images(source.images.float() / 127.5 - 1.0, args.save_samples)
     else:
