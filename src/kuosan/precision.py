@@ -16,17 +16,15 @@ on stays fp32:
 
 - **CUDA**: bf16 where the device supports it (Ampere and newer), else fp32.
 - **CPU**: fp32, on every CPU. On a CPU without native bf16 (no AMX-BF16 or AVX512-BF16: e.g.
-  the AMD EPYC (AVX2) of a development machine here) bf16 is emulated, and autocast made the
-  `s` UNet's training step about 11× and its sampling step about 7× *slower* even with
-  channels-last (about 17× and 40× without; ``benchmarks/train_speed.py --precisions``).
-  On CPUs with native bf16 it is measured to help (1.14× end to end for kuosan's training, the
-  issue that asked for this; see docs/speed.md), but that it keeps quality has not been measured
-  yet, so ``auto`` stays fp32 there too until a benchmark shows both; ``--precision bf16`` asks
-  for it.
+  an AMD EPYC with AVX2) bf16 is emulated: autocast made the `s` UNet's training step 8× and its
+  sampling step 6× *slower* than fp32, even with channels-last (docs/speed.md,
+  ``benchmarks/train_speed.py --variants``). On CPUs with native bf16 it was measured to help
+  1.14× end to end in training, but not yet to keep quality, so ``auto`` stays fp32 there too
+  until a benchmark shows both; ``--precision bf16`` asks for it.
 
 On the CPU, bf16 also puts the network in channels-last memory order (NHWC), the layout oneDNN's
-bf16 convolutions work in: without it each convolution reorders its input (measured here:
-bf16 sampling 21 s per batch of 32 without, 3.7 s with).
+bf16 convolutions work in: without it each convolution reorders its input (measured on that
+AVX2 CPU: a bf16 sampling step of 16 images took 13.4 s without, 2.2 s with).
 
 ``compile`` (:func:`compile_network`, ``--compile``) hands the UNet to ``torch.compile``, in
 place: its parameter names and checkpoints are unchanged. The first call of each input shape
