@@ -51,8 +51,9 @@ def add_device_arguments(p: argparse.ArgumentParser, *, legacy_bf16: bool = Fals
                    help="the network's arithmetic: fp32, or bf16 autocast; auto = bf16 on a CUDA "
                         "GPU with bf16, fp32 on CPUs (docs/speed.md says why)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet: the first call of each shape compiles (minutes "
-                        "on a CPU), later ones run faster; for long runs")
+                   help="torch.compile the UNet (CUDA graphs on a GPU): the first call of each "
+                        "shape compiles, minutes on a CPU, where it was not measured to pay off "
+                        "(docs/speed.md)")
     if legacy_bf16:
         p.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
                        help="the same as --precision bf16")

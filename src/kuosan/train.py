@@ -334,8 +334,9 @@ class Trainer:
         image = self.info.kind == "image"
         shape = (cfg.grid.size if image else 2000, *self.info.shape)
         model = self.ema
-        if self.captions is not None:  # the grid shows the first captions of the data, guided
-            caps = [self.captions[i % len(self.captions)] for i in range(shape[0])]
+        if self.captions is not None:  # the grid: captions spread evenly over the data, guided
+            n = len(self.captions)
+            caps = [self.captions[i * n // shape[0]] for i in range(shape[0])]
             model = cfg_model(self.ema, self.ema.encode(caps), self.ema.encode([""]), cfg.grid.guidance)
         x = sample(model, shape, schedule=self.schedule, sampler=cfg.grid.sampler,
                    steps=min(cfg.grid.steps, self.schedule.T), prediction=cfg.model.prediction,
