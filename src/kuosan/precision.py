@@ -19,8 +19,9 @@ on stays fp32:
   an AMD EPYC with AVX2) bf16 is emulated: autocast made the `s` UNet's training step 8× and its
   sampling step 6× *slower* than fp32, even with channels-last (docs/speed.md,
   ``benchmarks/train_speed.py --variants``). On CPUs with native bf16 it was measured to help
-  1.14× end to end in training, but not yet to keep quality, so ``auto`` stays fp32 there too
-  until a benchmark shows both; ``--precision bf16`` asks for it.
+  only 1.14× end to end in training (quality held on the digits, for training and sampling:
+  docs/speed.md), so ``auto`` stays fp32 there too until the benchmark shows it worth a default
+  that changes results in their last bits; ``--precision bf16`` asks for it.
 
 On the CPU, bf16 also puts the network in channels-last memory order (NHWC), the layout oneDNN's
 bf16 convolutions work in: without it each convolution reorders its input (measured on that
