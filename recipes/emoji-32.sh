@@ -6,9 +6,10 @@
 #
 # Stage 1 (in progress): the `s` UNet (3.09 M parameters with the caption maps) reading its
 # captions with the frozen all-MiniLM-L6-v2, v target, cosine schedule, batch 64, lr 5e-4
-# after 200 warm-up steps, constant. On the 2-core CPU with one thread (the other core busy) it
-# runs about 0.2 steps/s (13 images/s): one pass over the 6,160 training pictures (18,480
-# captioned items) takes about 8 minutes. `--steps 100000` is a ceiling, not a plan: the run is
+# after 200 warm-up steps, constant. On the 2-core CPU it runs about 0.48 steps/s (31 images/s)
+# with both threads, 0.2–0.27 steps/s with one (the other core busy): one pass over the 6,160
+# training pictures (18,480 captioned items) takes 3–8 minutes. At step 2,400 it met one of its
+# four targets (docs/emoji-32.md). `--steps 100000` is a ceiling, not a plan: the run is
 # stopped by hand (Ctrl-C saves) and continued with `--resume` in later sessions; every random
 # draw of step k is seeded by (seed, k), so a resumed run gives the weights of a straight one.
 # A GPU, when one is lent, runs the same command with `--device cuda --batch 256` (and `--bf16`).
