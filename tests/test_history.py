@@ -85,7 +85,7 @@ def test_record_writes_beside_the_report_with_commit_and_date(tmp_path):
 
 # the benchmarks that append through history.py
 WRITERS = ("caption_accuracy", "digits_fid", "editing", "samplers", "text_encoders", "train_speed",
-           "enhance", "emoji_probe")
+           "enhance", "emoji_probe", "generate_speed")
 
 
 @pytest.mark.parametrize("path", [p for p in sorted(RESULTS.glob("*_history.jsonl"))

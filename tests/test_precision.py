@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import benchmark_module
 from PIL import Image
 
 from kuosan import KuosanError
@@ -157,3 +158,21 @@ def test_compile_keeps_names_and_results(tmp_path):
     # the same fp32 arithmetic in another order (fused kernels): rounding, ~1e-6 relative per op;
     # 1e-3 of the [-1, 1] range is far above that and far below any error of the network's size
     assert not torch.equal(a, torch.zeros_like(a)) and (a - b).abs().max() < 1e-3
+
+
+@pytest.fixture
+def generate_speed():
+    yield from benchmark_module("generate_speed")
+
+
+def test_the_throughput_benchmark_times_each_variant_and_keeps_a_history(tmp_path, generate_speed,
+                                                                         capsys):
+    report = tmp_path / "generate_speed"
+    generate_speed.main(["-n", "2", "--batch", "2", "--steps", "1", "--variants", "bf16",
+                         "--repeats", "1", "--threads", str(torch.get_num_threads()),
+                         "--report", str(report)])
+    (row,) = [json.loads(line) for line in (tmp_path / "generate_speed_history.jsonl").open()]
+    figures = row["figures"]
+    assert set(figures) == {"fp32", "bf16"} and figures["fp32"]["speedup"] == 1.0
+    assert all(f["images_per_s"] > 0 for f in figures.values())
+    assert "bf16" in capsys.readouterr().out and (tmp_path / "generate_speed.md").exists()

@@ -1,0 +1,111 @@
+"""Text-to-image throughput: images per second of ``Pipeline.generate`` in each precision and
+compilation, side by side in one run.
+
+Each variant (``--variants``: fp32, bf16, compile, bf16-compile; fp32 always timed, the
+baseline) is one ``Pipeline.load(--model, precision=..., compile=...)``. Protocol: one untimed
+call per variant of one batch (its compilation, reported as "first s"); then ``--repeats``
+rounds in which every variant generates ``-n`` images (``--batch`` per model call, ``--prompt``
+with image i seeded i, ``--steps`` guided steps of the model's default sampler and guidance), the order flipping every round; the median images/s is reported with its
+speed-up over fp32. Guidance doubles the batch of each model call.
+
+    python3 benchmarks/generate_speed.py --device cuda -n 512 --batch 256 \\
+        --variants bf16,compile,bf16-compile --report benchmarks/results/generate_speed
+    OMP_NUM_THREADS=2 python3 benchmarks/generate_speed.py --threads 2 -n 64 --batch 64
+
+``--report PATH`` writes ``PATH.json`` and ``PATH.md`` (the latest run) and appends a row to
+``generate_speed_history.jsonl`` beside them (benchmarks/history.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from history import run_meta, write_report
+
+from kuosan.pipeline import Pipeline
+from kuosan.precision import native_bf16
+
+VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True),
+            "bf16-compile": ("bf16", True)}
+
+
+def prompts_of(pipe: Pipeline, prompt: str, n: int) -> list[str]:
+    """``n`` copies of ``prompt`` (the empty prompt for a model without text): the work of a call
+    does not depend on the words, and every image is seeded apart."""
+    return [prompt if pipe.is_text_conditioned else ""] * n
+
+
+def images_per_s(pipe: Pipeline, prompts: list[str], steps: int, batch: int, device: str) -> float:
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    pipe.generate(prompts, num_inference_steps=steps, seed=0, batch_size=batch)
+    sync()
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="shapes-32")
+    p.add_argument("--prompt", default="a red circle above a blue square")
+    p.add_argument("-n", type=int, default=64, help="images per timed call")
+    p.add_argument("--batch", type=int, default=64, help="images per model call")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--variants", default="fp32", help=f"comma-separated, from {list(VARIANTS)}")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--note", default="(none given)", help="what else was running")
+    p.add_argument("--report", type=Path, default=None)
+    args = p.parse_args(argv)
+    variants = ["fp32"] + [v for v in args.variants.split(",") if v != "fp32"]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        sys.exit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
+    torch.set_num_threads(args.threads)
+
+    pipes, first = {}, {}
+    for v in variants:
+        precision, compiled = VARIANTS[v]
+        pipes[v] = Pipeline.load(args.model, device=args.device, precision=precision, compile=compiled)
+        start = time.perf_counter()
+        images_per_s(pipes[v], prompts_of(pipes[v], args.prompt, args.batch), args.steps, args.batch,
+                     args.device)
+        first[v] = time.perf_counter() - start
+    prompts = prompts_of(pipes["fp32"], args.prompt, args.n)
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.repeats):
+        for v in variants if r % 2 == 0 else list(reversed(variants)):
+            rates[v].append(images_per_s(pipes[v], prompts, args.steps, args.batch, args.device))
+    med = {v: statistics.median(x) for v, x in rates.items()}
+
+    dev = torch.device(args.device)
+    lines = [f"model {args.model}, device {args.device}"
+             + (f" ({torch.cuda.get_device_name()})" if dev.type == "cuda" else "")
+             + f", native bf16 {native_bf16(dev)}, threads {torch.get_num_threads()}, n {args.n}, "
+               f"batch {args.batch}, {args.steps} guided steps of {pipes['fp32'].default_sampler}, "
+               f"median of {args.repeats}",
+             f"note: {args.note}",
+             f"{'variant':14} {'images/s':>10} {'× fp32':>7} {'first s':>8}"]
+    lines += [f"{v:14} {med[v]:10.2f} {med[v] / med['fp32']:7.2f} {first[v]:8.1f}" for v in variants]
+    print("\n".join(lines))
+    if args.report is not None:
+        meta = run_meta("generate_speed.py", argv, args.note, device=args.device,
+                        native_bf16=native_bf16(dev))
+        figures = {v: {"images_per_s": round(med[v], 3), "speedup": round(med[v] / med["fp32"], 3),
+                       "first_s": round(first[v], 1)} for v in variants}
+        written = write_report(args.report, "generate_speed", title="Text-to-image throughput",
+                               meta=meta, data={"rates": rates, "first_s": first},
+                               body="```\n" + "\n".join(lines) + "\n```\n", model=args.model,
+                               figures=figures)
+        print("wrote " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    main()
