@@ -53,7 +53,7 @@ from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
 from .limits import SIDES, Limits, check_count
 from .models import build_model
-from .precision import Autocast, compile_network, prepare_module, resolve_precision
+from .precision import Autocast, prepare_module, resolve_precision
 from .request import Request
 from .result import Result
 from .samplers import Generators, sample
@@ -87,9 +87,7 @@ class Pipeline:
         self.model, self.schedule, self.prediction = model, schedule, prediction
         self.info, self.config, self.device, self.name = info, config, device, name
         self.precision = resolve_precision(precision, device)  # "fp32" or "bf16"
-        prepare_module(model, self.precision, device)
-        if compile:
-            compile_network(model, device)
+        prepare_module(model, self.precision, device, compile=compile)
         self.net = Autocast(model, self.precision, device)  # the denoiser's calls, outputs fp32
         self.path = path  # the checkpoint folder it was loaded from
         self.limits = Limits() if limits is None else limits

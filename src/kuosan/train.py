@@ -56,7 +56,7 @@ from .models import (
 )
 from .models.conditional import TextConditionedUNet, drop_captions, make_text_encoder
 from .objectives import training_loss
-from .precision import Autocast, compile_network, prepare_module, resolve_precision
+from .precision import Autocast, prepare_module, resolve_precision
 from .samplers import sample
 from .train_config import (  # noqa: F401 (the groups: importable from here too)
     DataConfig,
@@ -276,9 +276,7 @@ class Trainer:
             self._load(model, optimizer, source_config)
         elif source is not None:
             start_from(model, self.ema, source, source_config, config)
-        prepare_module(model, self.precision, acc.device)
-        if config.runtime.compile:
-            compile_network(model, acc.device)
+        prepare_module(model, self.precision, acc.device, compile=config.runtime.compile)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema.to(acc.device)
         self.dataset = self.dataset.to(acc.device)
