@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from emoji_editing import editing
 from history import append_row
 
 from kuosan.checkpoint import load_config, resolve_model
@@ -162,8 +163,8 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
            for n, i, g in zip(nearest, order, groups, strict=True) if g == "held-out style"]
     if own:
         mem["held-out style % nearest is own concept"] = 100 * float(np.mean(own))
-    edits = editing(pipe, recogniser, pictures, entries, labels, styles, args.editing, args.seed,
-                    args.sample_seed, args.steps, args.guidance) if args.editing else {}
+    edits, edit_grid = editing(pipe, recogniser, pictures, entries, labels, styles, args.editing,
+                               args.seed, args.sample_seed, args.steps, args.guidance)
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
     return {"model": str(args.model), "step": step, "steps": args.steps,
             "guidance": guidance, "sampler": pipe.default_sampler, "seed": args.seed,
@@ -171,50 +172,7 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
             "memorisation": mem, "editing": edits, "generate_seconds": round(gen_s, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "targets": check_targets(rows),
-            "_grid": (samples, pictures[order], groups, captions)}
-
-
-def editing(pipe, recogniser: Recogniser, pictures: torch.Tensor, entries: list[EmojiEntry],
-            labels: dict[str, np.ndarray], styles: tuple[str, ...], n: int, seed: int,
-            sample_seed: int, steps: int, guidance: float | None) -> dict[str, dict[str, float]]:
-    """Style transfer and variation of ``n`` real pictures of seen one-code-point concepts seen in
-    two styles (drawn with ``default_rng(seed + 1)``), scored by the recogniser.
-
-    - style transfer: ``img2img`` (its default strength) of the picture in one style with the
-      caption of the other ("NAME, glossy style" from the flat picture); success = the style head
-      says the new style and the concept is in the top 5;
-    - vary: ``vary`` (its default strength, one variation, no prompt); success = the concept is in
-      the top 5 and the style head still says the source's style."""
-    from PIL import Image
-
-    if len(styles) < 2:
-        return {}
-    a, b = styles[:2]
-    index = {(e.code_points, e.style): i for i, e in enumerate(entries)}
-    pairs = [(index[(e.code_points, a)], index[(e.code_points, b)]) for e in entries
-             if e.style == a and len(e.code_points) == 1 and not e.held_out
-             and (e.code_points, b) in index and not entries[index[(e.code_points, b)]].held_out]
-    rng = np.random.default_rng(seed + 1)
-    picks = [pairs[j] for j in rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)]
-    src, dst, transferred, varied = [], [], [], []
-    for k, (i, j) in enumerate(picks):
-        i, j = (i, j) if k % 2 == 0 else (j, i)  # half flat -> glossy, half glossy -> flat
-        image = Image.fromarray(pictures[i].permute(1, 2, 0).numpy())
-        kw = {"num_inference_steps": steps, "guidance_scale": guidance, "seed": sample_seed + k}
-        transferred += pipe.img2img(image, entries[j].caption, **kw)
-        varied += pipe.vary(image, num_images=1, **kw)
-        src.append(i)
-        dst.append(j)
-    out = {}
-    for name, images, targets in (("style transfer", transferred, dst), ("vary", varied, src)):
-        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-                         for im in images])
-        hits = score(recogniser, x, {k: v[targets] for k, v in labels.items()})
-        ok = hits["top5"] & hits["style"]
-        out[name] = {"n": len(targets), "success": 100 * float(ok.float().mean()),
-                     "top5": 100 * float(hits["top5"].float().mean()),
-                     "style": 100 * float(hits["style"].float().mean())}
-    return out
+            "_grid": (samples, pictures[order], groups, captions), "_edit_grid": edit_grid}
 
 
 def check_targets(rows: dict[str, dict[str, float]]) -> list[dict]:
@@ -251,20 +209,32 @@ def save_sample_grid(path: Path, samples: torch.Tensor, real: torch.Tensor, grou
     save_grid(x, path, nrow=per_group, upscale=3, padding=2)
 
 
-def edit_lines(edits: dict[str, dict[str, float]]) -> list[str]:
+def edit_lines(edits: dict[str, dict[str, float]], picture: str | None) -> list[str]:
     if not edits:
         return []
-    lines = ["Editing (%, `--editing`; success = concept top-5 and the right style):", "",
-             "| edit | n | success | top5 | style |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} |"
-              for k, r in edits.items()]
+    lines = [("Editing (%, `--editing`, benchmarks/emoji_editing.py; success = the concept wanted in "
+              "the top 5 and the style wanted; reference = the same score of the edit's ideal or "
+              "starting point; kept = edits that left every pixel outside the mask as it was):"), "",
+             "| edit | n | success | top5 | style | reference | kept |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} | "
+              f"{r['reference']:.1f} | {r['kept']:.0f} |" if "kept" in r else
+              f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} | "
+              f"{r['reference']:.1f} | |" for k, r in edits.items()]
+    if picture:
+        lines += ["", f"![sources, then style transfer, vary, inpaint, outpaint]({picture})"]
     return [*lines, ""]
 
 
 def write_report(result: dict, tag: str, command: str) -> Path:
     samples, real, groups, _ = result.pop("_grid")
+    edit_grid = result.pop("_edit_grid", None)
     stem = RESULTS / f"emoji_probe{'_' + tag if tag else ''}"
     save_sample_grid(stem.with_name(stem.name + "_grid.png"), samples, real, groups)
+    edit_picture = None
+    if edit_grid is not None:
+        edit_picture = f"{stem.name}_editing.png"
+        save_grid(edit_grid.float() / 127.5 - 1, stem.with_name(edit_picture),
+                  nrow=len(edit_grid) // 5, upscale=3, padding=2)
     lines = [f"# Emoji probe: {result['model']} (step {result['step']})", "",
              f"`{command}`", "",
              (f"{result['steps']} steps, guidance {result['guidance']:g}, sampler {result['sampler']}, "
@@ -276,7 +246,7 @@ def write_report(result: dict, tag: str, command: str) -> Path:
              "Memorisation (pixel L2 to the nearest training picture, values 0..1 over 3·32·32):",
              "", "| figure | value |", "|---|---|",
              *[f"| {k} | {v:.2f} |" for k, v in result["memorisation"].items()], "",
-             *edit_lines(result.get("editing", {})),
+             *edit_lines(result.get("editing", {}), edit_picture),
              "Targets:", "", *[f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}"
                                for t in result["targets"]], "",
              f"![real (top) and sampled (bottom) for each group]({stem.name}_grid.png)", "",
@@ -367,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--styles", default=None, help="the model's styles, comma-separated "
                    "(default: its config.json 'styles', else flat,glossy)")
     p.add_argument("--editing", type=int, default=0, metavar="N",
-                   help="also style-transfer and vary N real pictures (default 0: no editing)")
+                   help="also edit N real pictures four ways: style transfer, vary, inpaint, "
+                   "outpaint (benchmarks/emoji_editing.py; default 0: no editing)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--save-samples", metavar="DIR", default=None,
                    help="write samples/STYLE/*.png and real/STYLE/*.png there (for FID per style)")

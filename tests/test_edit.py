@@ -306,6 +306,8 @@ def test_pipeline_edits_refuse_bad_inputs(tiny_text_run):
         pipe.outpaint(image)
     with pytest.raises(KuosanError, match="right must be"):
         pipe.outpaint(image, right=-4)
+    with pytest.raises(KuosanError, match="extended image would be 28×20, smaller than the model's 32×32"):
+        pipe.outpaint(image.crop((0, 0, 20, 20)), right=8)
     with pytest.raises(KuosanError, match="strength"):
         pipe.vary(image, strength=2.0)
     with pytest.raises(KuosanError, match="image must be a PIL image"):
@@ -327,6 +329,9 @@ def test_pipeline_outpaint_vary_img2img(tiny_text_run):
     wide = pipe.outpaint(image, right=16, top=4, prompt="a red circle", num_inference_steps=2, seed=1)[0]
     assert wide.size == (48, 36)
     assert np.array_equal(np.asarray(wide)[4:, :32], src)
+    # a picture smaller than the model's size is fine when the extended one is not
+    cut = pipe.outpaint(image.crop((0, 0, 20, 32)), right=12, num_inference_steps=2, seed=1)[0]
+    assert cut.size == (32, 32) and np.array_equal(np.asarray(cut)[:, :20], src[:, :20])
     # on a canvas larger than the model, image i still does not depend on its batch-mates
     big = Image.fromarray(np.tile(np.asarray(image), (1, 2, 1)))  # 64×32
     left, right = np.zeros((32, 64), np.uint8), np.zeros((32, 64), np.uint8)

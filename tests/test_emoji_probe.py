@@ -201,8 +201,14 @@ def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_p
     assert [r["n"] for r in result["groups"].values()] == [3, 2, 1]
     assert {"real held-out median", "seen median", "held-out style % nearest is own concept"} \
         <= result["memorisation"].keys()
-    assert [r["n"] for r in result["editing"].values()] == [2, 2]
+    edits = result["editing"]
+    assert list(edits) == ["style transfer", "vary", "inpaint", "outpaint"]
+    assert [r["n"] for r in edits.values()] == [2, 2, 2, 2]
+    assert edits["inpaint"]["kept"] == edits["outpaint"]["kept"] == 100.0  # exact outside the mask
+    assert edits["vary"]["reference"] == 100.0  # the tiny recogniser knows its real pictures
+    assert result["_edit_grid"].shape == (10, 3, 32, 32)  # sources + 4 edits, 2 cases each
     assert len(list((tmp_path / "fid" / "real" / "flat").glob("*.png"))) == 8
     assert len(list((tmp_path / "fid" / "samples").rglob("*.png"))) == 6
     md = probe.write_report(result, "e2e", "cmd").read_text()
     assert "| held-out tone | 1 |" in md and "| style transfer | 2 |" in md
+    assert "| outpaint | 2 |" in md and (tmp_path / "emoji_probe_e2e_editing.png").is_file()

@@ -188,6 +188,9 @@ def test_edits_with_uploads_of_any_size(server):
     assert job["state"] == "done", job
     _, _, answer = server.request("GET", job["images"][0])
     assert Image.open(io.BytesIO(answer["raw"])).size == (40, 32)
+    job = server.wait(server.submit({"task": "outpaint", "image": data_url(image.crop((0, 0, 20, 32))),
+                                     "right": 12, "steps": 2}))  # smaller than the model: fine
+    assert job["state"] == "done", job
 
 
 def read_event(response: http.client.HTTPResponse) -> tuple[str, dict]:
@@ -331,6 +334,8 @@ SURROGATE = b'{"prompt": "\\ud800"}'
                      "mask": WHITE}).encode(), 413, "image"),
     ({}, json.dumps({"task": "outpaint", "image": WHITE, "left": 129}).encode(),
      422, "left"),
+    ({}, json.dumps({"task": "outpaint", "image": data_url(Image.new("RGB", (20, 20))),
+                     "right": 4}).encode(), 422, "extended to 24×20, still smaller"),
     ({}, json.dumps({"task": "inpaint", "image": WHITE, "steps": 2, "sampler": "euler",
                      "resample": 3, "mask": WHITE}).encode(),
      422, "sampler"),

@@ -184,17 +184,18 @@ class Pipeline:
             resample = INPAINT_RESAMPLE if sampler in (None, *RESAMPLE_SAMPLERS) else 1
         return sampler or ("ddpm" if resample > 1 else self.default_sampler), resample
 
-    def _pixels(self, image: Image.Image, what: str, any_size: bool = False) -> Tensor:
+    def _pixels(self, image: Image.Image, what: str, any_size: bool = False, smaller: bool = False
+                ) -> Tensor:
         """A PIL image as uint8 pixels (C, H, W) in the model's channels (RGBA on white, gray
         to RGB or RGB to gray as the model needs); the model's size unless ``any_size`` (then
-        at least that size)."""
+        at least that size, or any size with ``smaller``: outpainting checks its canvas)."""
         if not isinstance(image, Image.Image):
             raise KuosanError(f"{what} must be a PIL image, got {type(image).__name__}")
         if self.info.kind != "image":
             raise KuosanError(f"'{self.name}' models vectors ({self.info.name}), not images")
         c, h, w = self.info.shape
         iw, ih = image.size
-        if any_size and (iw < w or ih < h):
+        if any_size and not smaller and (iw < w or ih < h):
             raise KuosanError(f"{what} is {iw}×{ih}, smaller than the model's {w}×{h} images")
         if not any_size and (iw, ih) != (w, h):
             raise KuosanError(f"{what} is {iw}×{ih}, but '{self.name}' makes {w}×{h} images: "
@@ -441,10 +442,14 @@ class Pipeline:
         prompt = r.prompts()[0]
         sampler, resample = self.inpaint_sampling(r.sampler, 1 if r.resample is None else r.resample)
         image = r.images()[0]
+        pixels = self._pixels(image, "image", any_size=True, smaller=True)
         w, h = image.size
         size = (h + r.top + r.bottom, w + r.left + r.right)
+        window = self.info.shape[-1]
+        if min(size) < window:
+            raise KuosanError(f"outpaint: the extended image would be {size[1]}×{size[0]}, smaller "
+                              f"than the model's {window}×{window} images: extend it further")
         self._check(r, 1, math.prod(size), [prompt], resample)
-        pixels = self._pixels(image, "image", any_size=True)
         canvas = torch.full((pixels.shape[0], *size), 128, dtype=torch.uint8)
         canvas[:, r.top:r.top + h, r.left:r.left + w] = pixels
         mask = torch.ones((1, *size), dtype=torch.bool)

@@ -97,7 +97,7 @@ def parse_job(body: object, pipe: Pipeline) -> Spec:
         limit = pipe.limits.pixels or UPLOAD_PIXELS
         image = _image(body, "image", min(limit, UPLOAD_PIXELS))
         window = pipe.info.shape[-1]
-        if min(image.size) < window:
+        if task == "inpaint" and min(image.size) < window:
             raise Refused(422, f"image: {image.width}×{image.height} is smaller than the model's "
                                f"{window}×{window} images")
         asked = _int(body, "resample", None, 1)
@@ -122,6 +122,9 @@ def parse_job(body: object, pipe: Pipeline) -> Spec:
             _check_limits(pipe, borders=sides)
             size = (image.height + sides["top"] + sides["bottom"],
                     image.width + sides["left"] + sides["right"])
+            if min(size) < window:
+                raise Refused(422, f"image: extended to {size[1]}×{size[0]}, still smaller than "
+                                   f"the model's {window}×{window} images: extend it further")
             mask = torch.ones((1, *size), dtype=torch.bool)
             mask[:, sides["top"]:sides["top"] + image.height,
                  sides["left"]:sides["left"] + image.width] = False
