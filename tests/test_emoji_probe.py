@@ -12,6 +12,7 @@ import torch
 from conftest import benchmark_module
 
 from kuosan.data.emoji import STYLES, TONES, EmojiEntry
+from kuosan.errors import KuosanError
 from kuosan.metrics.emoji import (
     GENDERS,
     TONE_NAMES,
@@ -196,7 +197,7 @@ def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_p
     args = probe.argparse.Namespace(
         model=str(tiny_text_run), styles="flat,glossy", seed=0, sample_seed=5, steps=2,
         guidance=None, counts={"seen": 3, "held-out style": 2, "held-out tone": 1},
-        save_samples=str(tmp_path / "fid"), editing=2)
+        save_samples=str(tmp_path / "fid"), editing=2, fid=0)
     result = probe.probe(args, recogniser, pictures, entries)
     assert [r["n"] for r in result["groups"].values()] == [3, 2, 1]
     assert {"real held-out median", "seen median", "held-out style % nearest is own concept"} \
@@ -212,3 +213,35 @@ def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_p
     md = probe.write_report(result, "e2e", "cmd").read_text()
     assert "| held-out tone | 1 |" in md and "| style transfer | 2 |" in md
     assert "| outpaint | 2 |" in md and (tmp_path / "emoji_probe_e2e_editing.png").is_file()
+
+
+def test_fid_per_style_puts_real_pictures_on_their_floor(tiny):
+    """Samples that are the floor's own pictures score exactly the floor; noise scores far above."""
+    from emoji_fid import fid_lines, fid_per_style, split
+
+    from kuosan.metrics.features import FeatureMap
+
+    _, pictures, entries, _ = tiny
+    fmap = FeatureMap("pool", "pool4", 48, 64,
+                      lambda x: torch.nn.functional.avg_pool2d(x.float() / 255, 8).flatten(1))
+    by_caption = {e.caption: pictures[i] for i, e in enumerate(entries)}
+
+    def real(captions: list[str], seed: int) -> torch.Tensor:
+        return torch.stack([by_caption[c] for c in captions])
+
+    def noise(captions: list[str], seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(0, 256, (len(captions), 3, 32, 32), generator=g, dtype=torch.uint8)
+
+    floor, ref = split(entries, "flat", 4, seed=0)
+    assert len(floor) == 4 and not set(floor) & set(ref)
+    assert {entries[i].style for i in floor + ref} == {"flat"}
+    rows = fid_per_style(real, pictures, entries, ("flat", "glossy"), 4, 0, 0, fmap=fmap,
+                         cache=False, progress=False)
+    assert all(r["fid"] == r["fid_floor"] and r["kid"] == r["kid_floor"] for r in rows.values())
+    bad = fid_per_style(noise, pictures, entries, ("flat",), 4, 0, 0, fmap=fmap, cache=False,
+                        progress=False)
+    assert bad["flat"]["fid"] > 2 * bad["flat"]["fid_floor"]  # 10.3 against 2.16 here
+    assert "| flat | 4 |" in "\n".join(fid_lines(rows))
+    with pytest.raises(KuosanError, match="--fid: n must be"):
+        split(entries, "flat", 1, seed=0)
