@@ -56,6 +56,7 @@ from kuosan import KuosanError, Pipeline
 from kuosan.data.shapes import CaptionSpec, format_caption, is_heldout, sample_spec
 from kuosan.images import save_grid
 from kuosan.metrics.shapes import ATTRIBUTES, attribute_accuracy, score
+from kuosan.precision import PRECISIONS
 
 KINDS = ("single", "pair", "count")
 GROUPS = (*KINDS, "heldout", "all")  # columns of the caption-accuracy table
@@ -130,9 +131,9 @@ def encoder_type(pipe: Pipeline) -> str:
     return str(enc.get("type", "?")) if isinstance(enc, dict) else str(enc)
 
 
-def load_text_model(path: Path, device: str) -> Pipeline:
+def load_text_model(path: Path, device: str, precision: str = "auto") -> Pipeline:
     """Load a checkpoint folder, which must hold a text-conditioned image model."""
-    pipe = Pipeline.load(path, device=device)
+    pipe = Pipeline.load(path, device=device, precision=precision)
     if not pipe.is_text_conditioned:
         raise KuosanError(f"--model '{path}' is not a text-to-image model (its config.json has no "
                           f"text_encoder): caption accuracy needs a model trained with "
@@ -295,6 +296,15 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def precision_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in PRECISIONS]
+    if not values or bad or len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct values of {', '.join(PRECISIONS)} "
+                                         f"separated by commas, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, action="append", required=True,
@@ -309,6 +319,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", type=precision_list, default=["auto"],
+                   help="the network's arithmetic, comma-separated (auto, fp32, bf16): each model "
+                   "runs once per precision, side by side (docs/speed.md)")
     p.add_argument("--report", type=Path, default=None,
                    help="write PATH.json, PATH.md and PATH_<model>.png")
     p.add_argument("--note", default="", help="free text recorded in the report")
@@ -325,8 +338,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    labels = unique_labels(args.model)
-    pipes = [load_text_model(path, args.device) for path in args.model]  # fail before any work
+    runs = [(label if len(args.precision) == 1 else f"{label} ({precision})", path, precision)
+            for label, path in zip(unique_labels(args.model), args.model, strict=True)
+            for precision in args.precision]  # each model once per precision, side by side
+    labels, paths = [r[0] for r in runs], [r[1] for r in runs]
+    pipes = [load_text_model(path, args.device, precision)  # fail before any work
+             for _, path, precision in runs]
     captions = draw_captions(args.n, args.heldout_n, args.seed)
     rows: list[Row] = []
     grids: dict[str, tuple[tuple[int, float], list[Image.Image]]] = {}
@@ -352,8 +369,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "seed": args.seed,
         "models": {label: {"path": str(path), "weights": pipe.digest,
                            "encoder": encoder_type(pipe),
-                           "default_guidance": pipe.default_guidance, "data": pipe.info.name}
-                   for label, path, pipe in zip(labels, args.model, pipes, strict=True)},
+                           "default_guidance": pipe.default_guidance, "data": pipe.info.name,
+                           "precision": pipe.precision}
+                   for label, path, pipe in zip(labels, paths, pipes, strict=True)},
     }
     summary = [target_summary(label, pipe, rows) for label, pipe in zip(labels, pipes, strict=True)]
     return {"meta": meta, "captions": captions, "rows": rows, "grids": grids, "summary": summary}

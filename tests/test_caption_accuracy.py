@@ -120,3 +120,17 @@ def test_error_for_a_model_without_text(bench, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not a text-to-image model" in err and str(digits) in err
     assert bench.main(["--model", str(tmp_path / "missing"), "-n", "2"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_precisions_run_side_by_side(bench, text_model, tmp_path):
+    """--precision fp32,bf16: each model once per precision, labelled by it, on the same captions."""
+    out = bench.run(bench.parse_args(["--model", str(text_model), "-n", "2", "--heldout-n", "0",
+                                      "--steps", "1", "--guidance", "1", "--precision", "fp32,bf16"]),
+                    [])
+    models = out["meta"]["models"]
+    assert list(models) == ["tiny-t2i (fp32)", "tiny-t2i (bf16)"]
+    assert [m["precision"] for m in models.values()] == ["fp32", "bf16"]
+    assert [r.model for r in out["rows"]] == list(models)
+    for bad in ("fp16", "fp32,fp32", ""):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--model", "m", "--precision", bad])
