@@ -220,6 +220,25 @@ def tables(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_lines(rows: list[Row]) -> list[str]:
+    """Caption by caption, each model's row against the first model's at the same setting (the
+    same captions and seeds): how many agree, and how many only one of the two satisfies. A
+    difference in accuracy is only as large as these flips."""
+    out = []
+    for r in rows:
+        first = next(f for f in rows if (f.steps, f.guidance) == (r.steps, r.guidance))
+        if first is r:
+            continue
+        pairs = list(zip(first.satisfied, r.satisfied, strict=True))
+        agree = sum(a == b for a, b in pairs)
+        out.append(f"- {r.steps} steps, guidance {r.guidance:g}: {first.model} and {r.model} agree "
+                   f"on {agree} of {len(pairs)} captions; only {first.model}: "
+                   f"{pairs.count(('1', '0'))}, only {r.model}: {pairs.count(('0', '1'))}")
+    if not out:
+        return []
+    return ["### Caption by caption (same captions and seeds)", "", *out, ""]
+
+
 def target_summary(label: str, pipe: Pipeline, rows: list[Row]) -> str:
     g = pipe.default_guidance
     mine = [r for r in rows if r.model == label and r.is_target]
@@ -380,6 +399,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 def markdown(result: dict[str, Any], grid_files: dict[str, Path]) -> str:
     meta, captions = result["meta"], result["captions"]
     lines = ["# Caption accuracy on ShapesWorld", "", tables(result["rows"]),
+             *paired_lines(result["rows"]),
              ("### Targets (bundled model: 20 steps, default guidance: single ≥ 90 %, "
               "pair ≥ 70 %, held-out ≥ 50 %)"), "", *result["summary"], "",
              f"- command: `{meta['command']}`",

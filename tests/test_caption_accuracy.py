@@ -131,6 +131,10 @@ def test_precisions_run_side_by_side(bench, text_model, tmp_path):
     assert list(models) == ["tiny-t2i (fp32)", "tiny-t2i (bf16)"]
     assert [m["precision"] for m in models.values()] == ["fp32", "bf16"]
     assert [r.model for r in out["rows"]] == list(models)
+    (line,) = [x for x in bench.paired_lines(out["rows"]) if x.startswith("- ")]
+    a, b = (r.satisfied for r in out["rows"])
+    agree = sum(x == y for x, y in zip(a, b, strict=True))
+    assert line.startswith(f"- 1 steps, guidance 1: tiny-t2i (fp32) and tiny-t2i (bf16) agree on {agree} of 2")
     for bad in ("fp16", "fp32,fp32", ""):
         with pytest.raises(SystemExit):
             bench.parse_args(["--model", "m", "--precision", bad])
