@@ -200,3 +200,24 @@ def test_ctrl_c_keeps_the_images_written(tmp_path):
             img.load()
             assert img.size == (32, 32) and json.loads(img.text["kuosan"])["seed"] == i
     assert not [p for p in folder.iterdir() if p.suffix != ".png"]
+
+
+def test_export_attribution_reaches_every_png(tiny_text_run, tmp_path, capsys):
+    """`kuosan export --attribution` keeps the data licence's credit in config.json; the Pipeline
+    and every PNG the model makes (command and web share png_text) carry it."""
+    from kuosan import Pipeline
+    from kuosan.metadata import png_text
+
+    credit = "Emoji graphics from Twemoji, CC-BY 4.0"
+    slim = tmp_path / "slim"
+    assert main(["export", str(tiny_text_run), "--out", str(slim), "--attribution", f" {credit} "]) == 0
+    assert json.loads((slim / "config.json").read_text())["attribution"] == credit
+    out = tmp_path / "a.png"
+    assert main(["generate", "a red circle", "--model", str(slim), "--steps", "2", "--out", str(out)]) == 0
+    assert Image.open(out).text["Copyright"] == credit
+    assert Pipeline.load(slim).attribution == credit and Pipeline.load(tiny_text_run).attribution is None
+    plain = Pipeline.load(tiny_text_run).generate("a red circle", num_inference_steps=1)
+    assert "Copyright" not in png_text(plain, 0)
+    capsys.readouterr()
+    assert main(["export", str(tiny_text_run), "--out", str(tmp_path / "x"), "--attribution", " "]) == 2
+    assert "--attribution" in capsys.readouterr().err

@@ -119,11 +119,13 @@ def save_checkpoint(
 
 def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "ema",
                       half: bool = True, sampling: Mapping[str, Any] | None = None,
-                      replace: bool = False) -> Path:
+                      replace: bool = False, attribution: str | None = None) -> Path:
     """A slim inference checkpoint from a training run: ``config.json`` (with ``sampling``
     defaults merged in, e.g. {"guidance": 3.0}) and ``model.safetensors`` holding the ``weights``
     ("ema" or "model"), floating tensors in float16 when ``half`` (they load into the float32
-    model). ``dest`` must not hold a checkpoint already, unless ``replace`` and it holds a slim
+    model), and ``attribution`` when given: the credit that the training data's licence asks of
+    the model and its pictures (config.json "attribution"; written into every PNG the model
+    makes). ``dest`` must not hold a checkpoint already, unless ``replace`` and it holds a slim
     one (never a training run's folder, nor ``source`` itself)."""
     source, dest = Path(source), Path(dest)
     config = load_config(source)
@@ -138,6 +140,10 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     config["sampling"] = {**config.get("sampling", {}), **(sampling or {})}
+    if attribution is not None:
+        if not attribution.strip():
+            raise KuosanError("--attribution: give the credit's text, not an empty string")
+        config["attribution"] = attribution.strip()
     config["exported"] = {"from": str(source), "weights": weights, "step": step,
                           "dtype": "float16" if half else "as trained"}
     dest.mkdir(parents=True, exist_ok=True)

@@ -269,6 +269,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="the default sampler that generate and the edit commands use")
     p.add_argument("--replace", action="store_true",
                    help="overwrite an exported checkpoint already in --out (not a training run)")
+    p.add_argument("--attribution", default=None, metavar="TEXT",
+                   help="the credit the training data's licence asks for (e.g. CC-BY's): kept in "
+                   "config.json and written into every PNG the model makes (the Copyright chunk)")
     p.set_defaults(func=run_export)
 
 
@@ -276,7 +279,7 @@ def run_export(args: argparse.Namespace) -> int:
     sampling = {k: v for k, v in (("guidance", args.guidance), ("sampler", args.sampler))
                 if v is not None}
     out = export_checkpoint(args.model, args.out, weights=args.weights, half=not args.fp32,
-                            sampling=sampling, replace=args.replace)
+                            sampling=sampling, replace=args.replace, attribution=args.attribution)
     size = (out / MODEL).stat().st_size / 2**20
     print(f"kuosan: exported {args.weights} weights of '{args.model}' to {out} ({size:.1f} MiB)")
     return 0

@@ -34,12 +34,16 @@ def png_text(result: Result, index: int | None = None, extra: dict[str, Any] | N
              ) -> dict[str, str]:
     """The PNG text chunks of image ``index`` of ``result``; ``index`` None: one grid of all its
     images (the first image's seed, ``num`` = their count). ``extra`` adds keys to the JSON
-    (the command writes the input files' names: ``image``, ``mask``)."""
+    (the command writes the input files' names: ``image``, ``mask``). A model with an
+    attribution (its training data's licence credit) adds the ``Copyright`` chunk."""
     params = result.parameters(index or 0)
     if index is None:
         params["num"] = len(result)
     params.update(extra or {})
-    return parameters_text(params, result[index or 0].size)
+    chunks = parameters_text(params, result[index or 0].size)
+    if result.attribution:  # PNG's registered keyword for a copyright notice
+        chunks["Copyright"] = result.attribution
+    return chunks
 
 
 def parameters_text(params: dict[str, Any], size: tuple[int, int]) -> dict[str, str]:

@@ -139,6 +139,12 @@ class Pipeline:
         return float(self.config.get("sampling", {}).get("guidance", 3.0))
 
     @property
+    def attribution(self) -> str | None:
+        """The credit the model's training data asks of its pictures (config.json
+        "attribution", set by ``kuosan export --attribution``), or None."""
+        return self.config.get("attribution") or None
+
+    @property
     def default_sampler(self) -> str:
         """The checkpoint's sampler (config.json "sampling" → "sampler"), else "dpmpp_2m"; the
         one ``generate`` and the edits use when ``sampler`` is None."""
@@ -374,7 +380,8 @@ class Pipeline:
             for rows, gens, seeds in plan:
                 yield Result(r.task, make(rows, gens), [prompt_of(i) for i in rows],
                              r.negative_prompt, seeds, sampler, r.num_inference_steps, guidance,
-                             self.source, self.digest, precision=self.precision, **resolved)
+                             self.source, self.digest, precision=self.precision,
+                             attribution=self.attribution, **resolved)
 
         return results()
 

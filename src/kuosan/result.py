@@ -35,7 +35,8 @@ class Result(Sequence[Image.Image]):
     (``feather``; ``left``/``top``/``right``/``bottom``). ``model`` is the name or folder the
     pipeline was loaded from and ``model_hash`` its weights' digest
     (:func:`kuosan.checkpoint.weights_digest`, computed once at load); ``precision`` the
-    network's arithmetic ("fp32" or "bf16", :mod:`kuosan.precision`).
+    network's arithmetic ("fp32" or "bf16", :mod:`kuosan.precision`); ``attribution`` the credit
+    the model's training data asks of its pictures (config.json "attribution"), or None.
     """
 
     task: str
@@ -52,6 +53,7 @@ class Result(Sequence[Image.Image]):
     resample: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
+    attribution: str | None = None
     kuosan_version: str = __version__
 
     @overload
