@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from emoji_editing import editing
+from emoji_editing import editing, to_uint8
 from emoji_fid import fid_lines, fid_per_style
 from history import append_row
 
@@ -112,10 +112,8 @@ def checkpoint_step(path: Path | None) -> int | None:
 
 def generate(pipe, captions: list[str], steps: int, guidance: float | None, seed: int) -> torch.Tensor:
     """(N, 3, H, W) uint8 samples, image i seeded ``seed + i``, in batches of 32."""
-    images = pipe.generate(captions, num_inference_steps=steps, guidance_scale=guidance, seed=seed,
-                           batch_size=32)
-    return torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-                        for im in images])
+    return to_uint8(list(pipe.generate(captions, num_inference_steps=steps, guidance_scale=guidance,
+                                       seed=seed, batch_size=32)))
 
 
 def memorisation(samples: torch.Tensor, groups: np.ndarray, pictures: torch.Tensor,
