@@ -105,6 +105,9 @@ def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
           progress=False)
     slim = ck.export_checkpoint(run, tmp_path / "slim", sampling={"guidance": 2.5, "sampler": "ddim"})
     assert sorted(p.name for p in slim.iterdir()) == ["config.json", "model.safetensors"]
+    # readable by others (not the temporary file's owner-only mode); no local path inside
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in slim.iterdir())
+    assert ck.load_config(slim)["exported"]["from"] == "run"
     tensors = load_file(slim / "model.safetensors")
     assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
     ema = load_file(run / "ema.safetensors")

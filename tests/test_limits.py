@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kuosan.pipeline as kp
+import kuosan.tasks as kp
 from kuosan import Pipeline
 from kuosan.cli import main
 from kuosan.errors import KuosanError

@@ -42,7 +42,9 @@ STATE_JSON = "training_state.json"
 
 
 def _atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename the temporary file onto ``path``."""
+    """Call ``write(tmp_path)``, fsync, then rename the temporary file onto ``path``. The file
+    keeps the mode of the one it replaces, else gets rw-r--r-- (a temporary file is made
+    owner-only, which a checkpoint meant to be shared must not inherit)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -50,6 +52,7 @@ def _atomic(path: Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -144,7 +147,8 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
         if not attribution.strip():
             raise KuosanError("--attribution: give the credit's text, not an empty string")
         config["attribution"] = attribution.strip()
-    config["exported"] = {"from": str(source), "weights": weights, "step": step,
+    # the run folder's name: a local path would mean nothing on another machine
+    config["exported"] = {"from": source.resolve().name, "weights": weights, "step": step,
                           "dtype": "float16" if half else "as trained"}
     dest.mkdir(parents=True, exist_ok=True)
     # a replaced checkpoint's old config goes first: a crash before the new one is written leaves

@@ -11,8 +11,8 @@ x = pipe.sample(16, sampler="ddpm", seed=0)           # (16, C, H, W) in model s
 Every call returns a :class:`~kuosan.result.Result` (a sequence of PIL images, as the list it
 used to return, with the settings it ran with). :meth:`Pipeline.batches` makes the images of a
 :class:`~kuosan.request.Request` batch by batch, so a long call can be written as it goes and
-stopped without losing what was made. Every call is checked against ``pipe.limits``
-(:class:`~kuosan.limits.Limits`) before any work.
+stopped without losing what was made (the tasks themselves: :mod:`kuosan.tasks`). Every call
+is checked against ``pipe.limits`` (:class:`~kuosan.limits.Limits`) before any work.
 
 Seeds: ``seed=k`` gives image i its own generator seeded ``k + i``, for the initial noise and
 every later draw, so image i is the same whatever the batch size.
@@ -40,24 +40,18 @@ from .checkpoint import (  # noqa: F401 (BUNDLED, bundled_models: importable fro
 )
 from .data import DataInfo, denormalize
 from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
-from .edit import (
-    RESAMPLE_SAMPLERS,
-    composite,
-    feather_mask,
-    inpaint_windows,
-    mask_from_image,
-    sdedit,
-)
+from .edit import RESAMPLE_SAMPLERS
 from .errors import KuosanError
 from .guidance import cfg_model, composed_cfg_model, parse_composition
 from .images import pil_to_uint8, to_pil
-from .limits import SIDES, Limits, check_count
+from .limits import Limits
 from .models import build_model
 from .precision import Autocast, prepare_module, resolve_precision
 from .request import Request
 from .result import Result
-from .samplers import Generators, sample
+from .samplers import Generators
 from .schedule import NoiseSchedule
+from .tasks import TASKS, check, sample_batch
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -190,7 +184,7 @@ class Pipeline:
             resample = INPAINT_RESAMPLE if sampler in (None, *RESAMPLE_SAMPLERS) else 1
         return sampler or ("ddpm" if resample > 1 else self.default_sampler), resample
 
-    def _pixels(self, image: Image.Image, what: str, any_size: bool = False, smaller: bool = False
+    def pixels(self, image: Image.Image, what: str, any_size: bool = False, smaller: bool = False
                 ) -> Tensor:
         """A PIL image as uint8 pixels (C, H, W) in the model's channels (RGBA on white, gray
         to RGB or RGB to gray as the model needs); the model's size unless ``any_size`` (then
@@ -326,7 +320,7 @@ class Pipeline:
         """The images of ``request`` batch by batch (``request.batch_size`` each), each batch a
         Result as soon as it is made. Everything is checked (the limits too) before this
         returns, so a bad request makes nothing; stopping early keeps the batches yielded."""
-        return _TASKS[request.task](self, request)
+        return TASKS[request.task](self, request)
 
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
@@ -345,173 +339,12 @@ class Pipeline:
         steps = num_inference_steps or (self.schedule.T if sampler == "ddpm" else 20)
         r = Request.of("generate", num_images_per_prompt=n, num_inference_steps=steps, seed=seed,
                        sampler=sampler, batch_size=batch_size, progress=progress, **sampler_kwargs)
-        self._check(r, 1, self.item_pixels, [], names={"images": "n"})
+        check(self, r, 1, self.item_pixels, [], names={"images": "n"})
         model = self.net
         if self.is_text_conditioned:
             model = cfg_model(self.net, self.model.encode([""]), {}, 1.0)
-        return (self._sample(model, len(rows), r, sampler, gens)
+        return (sample_batch(self, model, len(rows), r, sampler, gens)
                 for rows, gens, _ in r.seeded_batches())
-
-    # -- the tasks: check everything, then a generator of batches (the one loop: _batches) --
-
-    def _check(self, r: Request, edits: int, pixels: int, prompts: Sequence[str],
-               resample: int = 1, names: dict[str, str] | None = None) -> None:
-        """The call (``edits`` inputs, each made ``num_images_per_prompt`` times) is within
-        :attr:`limits` (a non-integer steps or resample is left to the samplers' own checks,
-        which come at the first batch, still before any work)."""
-        n = check_count("num_images_per_prompt", r.num_images_per_prompt)
-        outpaint = r.task == "outpaint"
-        if outpaint:
-            names = {"pixels": "image with left/top/right/bottom"}
-        self.limits.check(images=edits * n, steps=r.num_inference_steps, resample=resample,
-                          pixels=pixels, borders={s: getattr(r, s) for s in SIDES} if outpaint else None,
-                          prompts=prompts, negative_prompt=r.negative_prompt, names=names)
-
-    def _batches(self, r: Request, edits: int, make: Callable[[range, Generators], list],
-                 prompt_of: Callable[[int], str], sampler: str, **resolved) -> Iterator[Result]:
-        """The one batching and seeding loop over image i of ``edits × num_images_per_prompt``
-        (:meth:`~kuosan.request.Request.seeded_batches`); ``make(rows, generators)`` makes a
-        batch's images."""
-        plan = r.seeded_batches(edits)  # checked now, before any work
-        guidance = self.default_guidance if r.guidance_scale is None else float(r.guidance_scale)
-
-        @torch.no_grad()
-        def results() -> Iterator[Result]:
-            for rows, gens, seeds in plan:
-                yield Result(r.task, make(rows, gens), [prompt_of(i) for i in rows],
-                             r.negative_prompt, seeds, sampler, r.num_inference_steps, guidance,
-                             self.source, self.digest, precision=self.precision,
-                             attribution=self.attribution, **resolved)
-
-        return results()
-
-    def _sample(self, model: Callable, b: int, r: Request, sampler: str, gens: Generators) -> Tensor:
-        return sample(model, (b, *self.info.shape), **self._sampling(r, sampler, gens)).float().cpu()
-
-    @staticmethod
-    def _watched(r: Request, model: Callable) -> Callable:
-        """``model``, calling ``r.callback(x_t, t, output)`` after each evaluation (progress;
-        an exception raised there, e.g. a cancel, stops the call)."""
-        if r.callback is None:
-            return model
-
-        def watched(x_t: Tensor, t: Tensor) -> Tensor:
-            output = model(x_t, t)
-            r.callback(x_t, t, output)
-            return output
-
-        return watched
-
-    def _sampling(self, r: Request, sampler: str, generator: Generators) -> dict:
-        """The keyword arguments of :func:`kuosan.samplers.sample` (and the edits built on it)."""
-        return {"schedule": self.schedule, "prediction": self.prediction, "sampler": sampler,
-                "steps": r.num_inference_steps, "generator": generator, "clip_x0": self.clip_x0,
-                "device": self.device, "progress": r.progress, **r.sampler_kwargs}
-
-    def _generate(self, r: Request) -> Iterator[Result]:
-        prompts = r.prompts()
-        self._check(r, len(prompts), self.item_pixels, prompts)
-        self.conditioned(prompts, r.negative_prompt)  # a model without text takes no prompt
-        sampler, n = r.sampler or self.default_sampler, r.num_images_per_prompt
-
-        def make(rows: range, gens: Generators) -> list[Image.Image]:
-            model = self._watched(r, self.conditioned([prompts[i // n] for i in rows],
-                                                      r.negative_prompt, r.guidance_scale))
-            return self.to_images(self._sample(model, len(rows), r, sampler, gens))
-
-        return self._batches(r, len(prompts), make, lambda i: prompts[i // n], sampler)
-
-    def _inpaint(self, r: Request) -> Iterator[Result]:
-        images = r.images()
-        masks = r.images("mask_image")
-        prompts = r.prompts()
-        feather_mask(torch.zeros(1, 1, 1, dtype=torch.bool), r.feather)  # check it before any work
-        count = max(len(images), len(masks), len(prompts))
-        for what, items in (("image", images), ("mask_image", masks), ("prompt", prompts)):
-            if len(items) not in (1, count):
-                raise KuosanError(f"inpaint: {len(items)} {what}s for {count} edits: give one or {count}")
-        if len({im.size for im in images}) > 1:
-            raise KuosanError("inpaint: the images of one call must have one size")
-        sampler, resample = self.inpaint_sampling(r.sampler, r.resample)
-        self._check(r, count, math.prod(images[0].size), prompts, resample)
-        pixels = torch.stack([self._pixels(im, "image", any_size=True) for im in images])
-        mask = torch.stack([mask_from_image(m, images[0].size, "mask_image") for m in masks])
-        return self._paint(r, pixels, mask, prompts, count, sampler, resample,
-                           {"feather": r.feather})
-
-    def _outpaint(self, r: Request) -> Iterator[Result]:
-        pads = {"left": r.left, "top": r.top, "right": r.right, "bottom": r.bottom}
-        for name, value in pads.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise KuosanError(f"{name} must be a number of pixels >= 0, got {value!r}")
-        if not any(pads.values()):
-            raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")
-        prompt = r.prompts()[0]
-        sampler, resample = self.inpaint_sampling(r.sampler, 1 if r.resample is None else r.resample)
-        image = r.images()[0]
-        pixels = self._pixels(image, "image", any_size=True, smaller=True)
-        w, h = image.size
-        size = (h + r.top + r.bottom, w + r.left + r.right)
-        window = self.info.shape[-1]
-        if min(size) < window:
-            raise KuosanError(f"outpaint: the extended image would be {size[1]}×{size[0]}, smaller "
-                              f"than the model's {window}×{window} images: extend it further")
-        self._check(r, 1, math.prod(size), [prompt], resample)
-        canvas = torch.full((pixels.shape[0], *size), 128, dtype=torch.uint8)
-        canvas[:, r.top:r.top + h, r.left:r.left + w] = pixels
-        mask = torch.ones((1, *size), dtype=torch.bool)
-        mask[:, r.top:r.top + h, r.left:r.left + w] = False
-        return self._paint(r, canvas[None], mask[None], [prompt], 1, sampler, resample, pads)
-
-    def _paint(self, r: Request, pixels: Tensor, mask: Tensor, prompts: list[str], count: int,
-               sampler: str, resample: int, settings: dict) -> Iterator[Result]:
-        """Inpaint uint8 ``pixels`` (E, C, H, W) where ``mask`` (E, 1, H, W) is True, edit e
-        (of ``count``; E and the prompts: 1 or ``count``) made ``num_images_per_prompt`` times
-        in a row with ``prompts[e]``; then composite, exact outside the mask."""
-        n, window = r.num_images_per_prompt, self.info.shape[-1]
-
-        def prompt_of(i: int) -> str:
-            return prompts[(i // n) % len(prompts)]
-
-        def make(rows: range, gens: Generators) -> list[Image.Image]:
-            pix = pixels[[(i // n) % len(pixels) for i in rows]]
-            msk = mask[[(i // n) % len(mask) for i in rows]]
-            # a canvas larger than a window is planned per mask, so that image i does not depend
-            # on the masks of its batch-mates (one window covers a model-sized canvas whatever
-            # the mask)
-            whole = tuple(pix.shape[-2:]) == (window, window)
-            out: dict[int, Tensor] = {}
-            for group in [list(range(len(rows)))] if whole else _same_masks(msk):
-                g = [gens[j] for j in group] if isinstance(gens, list) else gens
-                model = self._watched(r, self.conditioned([prompt_of(rows[j]) for j in group],
-                                                          r.negative_prompt, r.guidance_scale))
-                painted = inpaint_windows(model, pix[group].float() / 127.5 - 1, msk[group], window,
-                                          resample=resample, **self._sampling(r, sampler, g))
-                generated = ((painted.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                for j, gen in zip(group, generated, strict=True):
-                    out[j] = composite(pix[j], gen, feather_mask(msk[j], r.feather))
-            return [_pil(out[j]) for j in range(len(rows))]
-
-        return self._batches(r, count, make, prompt_of, sampler, resample=resample,
-                             settings=settings)
-
-    def _img2img(self, r: Request) -> Iterator[Result]:
-        prompt = r.prompts()[0]
-        strength = r.strength if r.strength is not None else (
-            VARY_STRENGTH if r.task == "vary" else IMG2IMG_STRENGTH)
-        sampler = r.sampler or self.default_sampler
-        self._check(r, 1, self.item_pixels, [prompt])
-        x0 = self._pixels(r.images()[0], "image")
-        x0 = x0.float() / 127.5 - 1
-
-        def make(rows: range, gens: Generators) -> list[Image.Image]:
-            model = self._watched(r, self.conditioned([prompt] * len(rows), r.negative_prompt,
-                                                      r.guidance_scale))
-            x = sdedit(model, x0[None].expand(len(rows), -1, -1, -1).contiguous(), strength,
-                       **self._sampling(r, sampler, gens))
-            return self.to_images(x.float().cpu())
-
-        return self._batches(r, 1, make, lambda i: prompt, sampler, strength=strength)
 
     def to_images(self, x: Tensor) -> list[Image.Image]:
         """Samples in model space → PIL images (image data only)."""
@@ -522,29 +355,3 @@ class Pipeline:
     def to_data(self, x: Tensor) -> Tensor:
         """Samples in model space → data space (pixels in [0, 1], or the toy's own units)."""
         return denormalize(x, self.info.normalization)
-
-
-# the one table of tasks: Request.task → the Pipeline method that makes its batches
-_TASKS: dict[str, Callable[[Pipeline, Request], Iterator[Result]]] = {
-    "generate": Pipeline._generate, "inpaint": Pipeline._inpaint, "outpaint": Pipeline._outpaint,
-    "vary": Pipeline._img2img, "img2img": Pipeline._img2img,
-}
-
-
-def _pil(pixels: Tensor) -> Image.Image:
-    """uint8 (C, H, W) → PIL ('L' or 'RGB')."""
-    v = pixels.numpy()
-    return Image.fromarray(v[0] if v.shape[0] == 1 else v.transpose(1, 2, 0))
-
-
-def _same_masks(mask: Tensor) -> list[list[int]]:
-    """Row indices of ``mask`` grouped by equal masks (first appearance order)."""
-    groups: list[list[int]] = []
-    for i in range(len(mask)):
-        for group in groups:
-            if torch.equal(mask[group[0]], mask[i]):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    return groups
