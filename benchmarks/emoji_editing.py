@@ -15,6 +15,11 @@ the second for odd k, and edits it with the image's generator seeded ``sample_se
   issue asks: "replace half of a picture with another concept". Success: B in the top 5 and
   the source's style. Reference: the kept half beside the same half of B's real picture, the
   ideal of this edit (a chimera, so the reference is well below 100 %).
+- **inpaint, half alone**: the same edits scored on the repainted half alone, on white (the kept
+  half blanked), so the kept half cannot hide or fake the new concept. Success: B in the top 5
+  and the source's style. Reference: the same half of B's real picture on white. ``source top5``
+  says how often that half shows the source's concept A instead: a repaint that only continues
+  the kept half.
 - **outpaint**: 12 of the 32 px cut off one side (right, left, bottom, top in turn) and the
   picture extended back by 12 px with its own caption. Success: the concept in the top 5 and
   the source's style. Reference: the cut picture on white, what is known before the edit.
@@ -131,6 +136,9 @@ def editing(pipe, recogniser: Recogniser, pictures: torch.Tensor, entries: list[
     kept_in = [bool(torch.equal(p[:, ~m[0]], pictures[i][:, ~m[0]]))
                for p, m, i in zip(painted, masks, src, strict=True)]
     ideal = torch.stack([torch.where(m, pictures[j], pictures[i]) for m, i, j in zip(masks, src, b, strict=True)])
+    alone = torch.stack([torch.where(m, p, torch.full_like(p, 255)) for m, p in zip(masks, painted, strict=True)])
+    alone_ideal = torch.stack([torch.where(m, pictures[j], torch.full_like(pictures[j], 255))
+                               for m, j in zip(masks, b, strict=True)])
     white = torch.stack([on_white(cut_side(pictures[i], SIDES[k % len(SIDES)], cut), SIDES[k % len(SIDES)], cut)
                          for k, i in enumerate(src)])
 
@@ -138,6 +146,7 @@ def editing(pipe, recogniser: Recogniser, pictures: torch.Tensor, entries: list[
         "style transfer": (to_uint8(transferred), other, other, None, pictures[other]),
         "vary": (to_uint8(varied), src, src, None, pictures[src]),
         "inpaint": (painted, b, src, kept_in, ideal),
+        "inpaint, half alone": (alone, b, src, None, alone_ideal),
         "outpaint": (to_uint8(outpainted), src, src, kept_out, white),
     }
     for name, (x, concepts, wanted, kept, reference) in cases.items():
@@ -147,5 +156,7 @@ def editing(pipe, recogniser: Recogniser, pictures: torch.Tensor, entries: list[
         if kept is not None:
             out[name]["kept"] = 100 * float(np.mean(kept))
         made[name] = x
-    rows = [pictures[src][:8]] + [made[name][:8] for name in cases]
+    for name in ("inpaint", "inpaint, half alone"):  # the repaint only continued the kept half?
+        out[name]["source_top5"] = rates(recogniser, made[name], labels, src, src)["top5"]
+    rows = [pictures[src][:8]] + [made[name][:8] for name in cases if name != "inpaint, half alone"]
     return out, torch.cat(rows)

@@ -216,12 +216,17 @@ def edit_lines(edits: dict[str, dict[str, float]], picture: str | None) -> list[
         return []
     lines = [("Editing (%, `--editing`, benchmarks/emoji_editing.py; success = the concept wanted in "
               "the top 5 and the style wanted; reference = the same score of the edit's ideal or "
-              "starting point; kept = edits that left every pixel outside the mask as it was):"), "",
-             "| edit | n | success | top5 | style | reference | kept |", "|---|---|---|---|---|---|---|"]
+              "starting point; kept = edits that left every pixel outside the mask as it was; "
+              "source top5 = the repainted picture or half still shows the source's concept):"), "",
+             "| edit | n | success | top5 | style | reference | kept | source top5 |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(r: dict, key: str, form: str) -> str:
+        return format(r[key], form) if key in r else ""
+
     lines += [f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} | "
-              f"{r['reference']:.1f} | {r['kept']:.0f} |" if "kept" in r else
-              f"| {k} | {r['n']} | {r['success']:.1f} | {r['top5']:.1f} | {r['style']:.1f} | "
-              f"{r['reference']:.1f} | |" for k, r in edits.items()]
+              f"{r['reference']:.1f} | {cell(r, 'kept', '.0f')} | {cell(r, 'source_top5', '.1f')} |"
+              for k, r in edits.items()]
     if picture:
         lines += ["", f"![sources, then style transfer, vary, inpaint, outpaint]({picture})"]
     return [*lines, ""]

@@ -203,8 +203,9 @@ def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_p
     assert {"real held-out median", "seen median", "held-out style % nearest is own concept"} \
         <= result["memorisation"].keys()
     edits = result["editing"]
-    assert list(edits) == ["style transfer", "vary", "inpaint", "outpaint"]
-    assert [r["n"] for r in edits.values()] == [2, 2, 2, 2]
+    assert list(edits) == ["style transfer", "vary", "inpaint", "inpaint, half alone", "outpaint"]
+    assert [r["n"] for r in edits.values()] == [2, 2, 2, 2, 2]
+    assert {"source_top5"} <= set(edits["inpaint"]) and {"source_top5"} <= set(edits["inpaint, half alone"])
     assert edits["inpaint"]["kept"] == edits["outpaint"]["kept"] == 100.0  # exact outside the mask
     assert edits["vary"]["reference"] == 100.0  # the tiny recogniser knows its real pictures
     assert result["_edit_grid"].shape == (10, 3, 32, 32)  # sources + 4 edits, 2 cases each
