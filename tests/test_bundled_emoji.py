@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from kuosan import Pipeline
+from kuosan.checkpoint import load_captions
 from kuosan.cli import main
+from kuosan.data.emoji import caption_styles
 from kuosan.pipeline import BUNDLED, bundled_models
 
 # caption → the hue band (degrees) of the colour it names
@@ -53,9 +55,12 @@ def object_hue(image: Image.Image) -> float | None:
 def test_bundled_emoji_model_is_slim_credited_and_text_conditioned(pipe):
     assert {"emoji-32", "shapes-32"} <= set(bundled_models())
     folder = BUNDLED / "emoji-32"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    size = sum(p.stat().st_size for p in BUNDLED.glob("*/model.safetensors"))
+    assert sorted(p.name for p in folder.iterdir()) == ["captions.json", "config.json",
+                                                        "model.safetensors"]
+    size = sum(p.stat().st_size for p in BUNDLED.glob("*/*.*"))
     assert size < 40 * 2**20  # the budget for the bundled models together
+    assert pipe.styles == ("flat", "glossy")  # the Emoji contract: config.json "styles"
+    assert tuple(caption_styles(load_captions(folder))) == pipe.styles
     config = json.loads((folder / "config.json").read_text())
     assert config["exported"]["dtype"] == "float16" and config["data"]["name"] == "emoji"
     assert "Twemoji" in pipe.attribution and "CC-BY 4.0" in pipe.attribution

@@ -128,3 +128,25 @@ def test_export_writes_a_slim_fp16_checkpoint(tmp_path):
     with pytest.raises(KuosanError, match="only overwrites another exported"):
         ck.export_checkpoint(slim, slim, replace=True)  # the source itself
     assert (run / "training_state.json").exists() and Pipeline.load(slim).default_guidance == 4.0
+
+
+def test_a_captioned_run_keeps_its_captions_and_export_carries_them(tiny_text_run, tmp_path):
+    """captions.json (the distinct training captions, sorted) is written by training and copied
+    by export; a replaced export loses a stale one."""
+    from kuosan.metrics.shapes import parse
+    from kuosan.train import TrainConfig, train
+
+    captions = ck.load_captions(tiny_text_run)  # of 48 ShapesWorld pictures (conftest)
+    assert captions == sorted(set(captions)) and 1 < len(captions) <= 48
+    assert all(parse(c) is not None for c in captions)
+    slim = ck.export_checkpoint(tiny_text_run, tmp_path / "slim")
+    assert ck.load_captions(slim) == captions
+    digits = tmp_path / "digits"
+    train(TrainConfig.from_flat(data="digits", steps=1, batch_size=8, sample_every=0, save_every=0),
+          digits, progress=False)
+    assert ck.load_captions(digits) is None
+    ck.export_checkpoint(digits, slim, replace=True)
+    assert ck.load_captions(slim) is None
+    (slim / "captions.json").write_text('{"captions": [1, 2]}')
+    with pytest.raises(KuosanError, match="not a captions file"):
+        ck.load_captions(slim)

@@ -95,17 +95,23 @@ def test_a_composed_prompt_is_rewritten_part_by_part(tables):
             == "a red circle AND a blue square :0.5")
 
 
-def test_only_shapesworld_models_have_a_language_yet():
-    class Info:
-        name = "emoji"
+def test_each_model_gets_its_caption_language(tmp_path):
+    """ShapesWorld: the grammar; emoji: EmojiLanguage over captions.json; another captioned
+    model: CaptionSet of its captions; a model without captions.json: a clear error."""
+    from kuosan.checkpoint import write_captions
+    from kuosan.enhance_emoji import EmojiLanguage
 
-    class Pipe:
-        info, name = Info(), "emoji-32"
+    def pipe(data: str, path):
+        info = type("Info", (), {"name": data})()
+        return type("Pipe", (), {"info": info, "name": "m", "path": path})()
 
-    with pytest.raises(KuosanError, match="CaptionSet"):
-        language_for(Pipe())
-    Pipe.info = type("Info", (), {"name": "shapes"})()
-    assert isinstance(language_for(Pipe()), ShapesLanguage)
+    assert isinstance(language_for(pipe("shapes", None)), ShapesLanguage)
+    with pytest.raises(KuosanError, match="no captions.json"):
+        language_for(pipe("emoji", tmp_path))
+    write_captions(tmp_path, ["fox face, flat style", "fox face", ""])
+    assert isinstance(language_for(pipe("emoji", tmp_path)), EmojiLanguage)
+    folder = language_for(pipe("my-folder", tmp_path))
+    assert isinstance(folder, CaptionSet) and list(folder.captions) == ["fox face", "fox face, flat style"]
 
 
 def test_a_caption_of_the_grammar_is_kept(tables):

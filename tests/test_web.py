@@ -122,6 +122,7 @@ def test_page_info_and_removed_routes(server):
     status, headers, info = server.request("GET", "/api/info")
     assert status == 200 and info["size"] == [32, 32] and info["text"]
     assert info["attribution"] is None  # a model without one (a credit is set by kuosan export)
+    assert info["styles"] == []  # a ShapesWorld model has no art styles
     assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
     # every limit the server enforces, the seed range among them
     assert {k: info["limits"][k] for k in WEB.as_dict()} == WEB.as_dict()

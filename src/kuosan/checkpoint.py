@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ MODEL = "model.safetensors"
 EMA = "ema.safetensors"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
+CAPTIONS = "captions.json"  # a captioned run's distinct training captions (prompt enhancement)
 
 
 # ---- atomic writes ------------------------------------------------------------------------------
@@ -120,6 +121,26 @@ def save_checkpoint(
         write_json(folder / STATE_JSON, {**state_json, "step": step})
 
 
+def write_captions(folder: str | Path, captions: Sequence[str]) -> None:
+    """``captions.json``: {"captions": the distinct captions, sorted}, what a text model was
+    trained to read (:func:`kuosan.enhance.language_for` maps free text onto them)."""
+    write_json(Path(folder) / CAPTIONS, {"captions": sorted({c for c in captions if c})})
+
+
+def load_captions(folder: str | Path) -> list[str] | None:
+    """The training captions of a checkpoint folder (``captions.json``), or None without one."""
+    path = Path(folder) / CAPTIONS
+    if not path.is_file():
+        return None
+    try:
+        captions = json.loads(path.read_text()).get("captions")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise KuosanError(f"'{path}' is not a captions file: {err}") from None
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise KuosanError(f"'{path}' is not a captions file: 'captions' must be a list of strings")
+    return captions
+
+
 def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "ema",
                       half: bool = True, sampling: Mapping[str, Any] | None = None,
                       replace: bool = False, attribution: str | None = None) -> Path:
@@ -128,7 +149,7 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
     ("ema" or "model"), floating tensors in float16 when ``half`` (they load into the float32
     model), and ``attribution`` when given: the credit that the training data's licence asks of
     the model and its pictures (config.json "attribution"; written into every PNG the model
-    makes). ``dest`` must not hold a checkpoint already, unless ``replace`` and it holds a slim
+    makes). The run's ``captions.json`` comes along when it has one. ``dest`` must not hold a checkpoint already, unless ``replace`` and it holds a slim
     one (never a training run's folder, nor ``source`` itself)."""
     source, dest = Path(source), Path(dest)
     config = load_config(source)
@@ -155,6 +176,15 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
     # a folder that does not load, never new weights under the old config
     (dest / CONFIG).unlink(missing_ok=True)
     write_tensors(dest / MODEL, tensors, step or 0)
+    captions = load_captions(source)
+    if captions is not None:
+        write_captions(dest, captions)
+    else:
+        (dest / CAPTIONS).unlink(missing_ok=True)  # not a stale one from a replaced export
+    if captions and config["data"].get("name") == "emoji" and "styles" not in config:
+        from .data.emoji import caption_styles  # a run from before "styles" was recorded
+
+        config["styles"] = caption_styles(captions)
     write_json(dest / CONFIG, config)
     return dest
 

@@ -3,6 +3,15 @@
 A module without heavy imports, so that the command's parser can read them without loading torch.
 """
 
+import os
+from pathlib import Path
+
 VARY_STRENGTH = 0.4  # Pipeline.vary: kept shapes-32's source caption true in most variations (docs/editing.md)
 IMG2IMG_STRENGTH = 0.7  # Pipeline.img2img: far enough to follow a new caption, near enough to keep the layout
 STRENGTH = {"vary": VARY_STRENGTH, "img2img": IMG2IMG_STRENGTH}  # by edit mode (web page, /api/info)
+
+
+def cache_folder(name: str) -> Path:
+    """Where kuosan keeps what it computes once (emoji pictures, the recogniser, Inception
+    features, caption embeddings): ``$KUOSAN_CACHE/name``, else ``~/.cache/kuosan/name``."""
+    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan") / name

@@ -18,9 +18,10 @@ alternatives (`candidates`), what was mapped (`notes`), or the text unchanged wi
   against the grammar's words (difflib), and, for a word none of these knows, the nearest
   grammar word by frozen MiniLM sentence embeddings when close enough. The result is always
   checked with the grammar's own `parse`.
-- `CaptionSet`: a finite caption set; the rewrite is the caption nearest in MiniLM cosine. The
-  emoji model's "NAME, STYLE style" captions plug in here (an emoji language that composes
-  concept and style can implement the same `rewrite`).
+- `CaptionSet`: a finite caption set; the rewrite is the caption nearest in MiniLM cosine (a
+  model trained on a captioned folder: its `captions.json`).
+- `kuosan.enhance_emoji.EmojiLanguage`: an emoji model's names and styles, composed: style
+  words and skin tones are taken out, the rest matched to a name.
 
 Visual feedback (`best_candidate`, `generate_with_feedback`): k pictures from the top rewrites
 and seeds, each scored by a reward that reads pictures (`shapes_reward`: the ShapesWorld
@@ -105,13 +106,24 @@ def enhance_prompt(text: str, language: CaptionLanguage | None = None) -> str:
 
 
 def language_for(pipe: Any) -> CaptionLanguage:
-    """The caption language of a loaded `Pipeline`: ShapesWorld's for a model trained on it;
-    another model's caption set plugs in as `CaptionSet(captions)`."""
-    if getattr(pipe.info, "name", None) == "shapes":
+    """The caption language of a loaded `Pipeline`: ShapesWorld's grammar for a model trained
+    on it; for an emoji model, `kuosan.enhance_emoji.EmojiLanguage` over its training captions;
+    for any other text model with a ``captions.json``, `CaptionSet` of those captions."""
+    from kuosan.checkpoint import load_captions
+
+    data = getattr(pipe.info, "name", None)
+    if data == "shapes":
         return ShapesLanguage()
-    raise KuosanError(f"prompt enhancement knows the ShapesWorld caption language, but "
-                      f"'{pipe.name}' was trained on {pipe.info.name!r}: pass "
-                      f"language=CaptionSet(its captions)")
+    captions = load_captions(pipe.path) if pipe.path is not None else None
+    if captions is None:
+        raise KuosanError(f"prompt enhancement needs the caption language of '{pipe.name}': it "
+                          f"was trained on {data!r} and its folder has no captions.json (export "
+                          f"it again with this kuosan, or pass language=CaptionSet(its captions))")
+    if data == "emoji":
+        from kuosan.enhance_emoji import EmojiLanguage
+
+        return EmojiLanguage(captions)
+    return CaptionSet(captions)
 
 
 def _unchanged(text: str, reason: str) -> Rewrite:

@@ -139,6 +139,12 @@ class Pipeline:
         return self.config.get("attribution") or None
 
     @property
+    def styles(self) -> tuple[str, ...]:
+        """The art styles the model draws as ", STYLE style" in a caption (config.json
+        "styles"; an emoji model's), else ()."""
+        return tuple(self.config.get("styles", ()))
+
+    @property
     def default_sampler(self) -> str:
         """The checkpoint's sampler (config.json "sampling" → "sampler"), else "dpmpp_2m"; the
         one ``generate`` and the edits use when ``sampler`` is None."""
@@ -235,7 +241,7 @@ class Pipeline:
     def enhance_prompt(self, text: str) -> str:
         """``text`` in this model's caption language (:mod:`kuosan.enhance`, docs/enhance.md):
         "a crimson ball over a navy box" → "a red circle above a blue square"; ``text``
-        unchanged when nothing maps. ShapesWorld models only, for now."""
+        unchanged when nothing maps. ShapesWorld and emoji models, and models with a captions.json."""
         from .enhance import enhance_prompt, language_for
 
         if self._language is None:

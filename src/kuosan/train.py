@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoint import (
+    CAPTIONS,
     load_config,
     load_state_dict_strict,
     load_training_state,
@@ -41,6 +42,7 @@ from .checkpoint import (
     optimizer_to_tensors,
     read_tensors,
     save_checkpoint,
+    write_captions,
 )
 from .data import ArrayDataset, DataInfo, load_dataset
 from .errors import KuosanError
@@ -293,7 +295,16 @@ class Trainer:
             "sampling": {"clip_x0": self.info.kind == "image"},
             "text_encoder": self.text_config,
             "train": self.config.to_dict(),
+            **self._styles(),
         }
+
+    def _styles(self) -> dict:
+        """{"styles": the style words of the captions} for emoji data (the Emoji contract)."""
+        if self.info.name != "emoji" or not self.dataset.captions:
+            return {}
+        from .data.emoji import caption_styles
+
+        return {"styles": caption_styles(self.dataset.captions)}
 
     def _load(self, model: nn.Module, optimizer: torch.optim.Optimizer, stored: dict) -> None:
         """Resume: the weights, optimizer and step of the run's own checkpoint (``stored``: its
@@ -322,6 +333,8 @@ class Trainer:
                             "elapsed_seconds": self.elapsed_before + elapsed,
                             "num_processes": acc.num_processes},
                 state_tensors=tensors, step=self.step)
+            if self.captions is not None and not (self.out / CAPTIONS).exists():
+                write_captions(self.out, self.captions)  # what the model reads (kuosan.enhance)
         acc.wait_for_everyone()
 
     def sample_grid(self) -> Path | None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -63,6 +63,7 @@ from kuosan.data.emoji_sources import (
     open_source,
     sequence_key,
 )
+from kuosan.defaults import cache_folder
 from kuosan.errors import KuosanError
 from kuosan.images import _atomic_write
 
@@ -74,11 +75,13 @@ __all__ = [
     "TONES",
     "EmojiEntry",
     "build_emoji",
+    "caption_styles",
     "emoji_catalogue",
     "frame_picture",
     "is_held_out",
     "render_entries",
     "render_entry",
+    "split_caption",
 ]
 
 STYLES = ("flat", "glossy", "3d", "outline")
@@ -91,6 +94,7 @@ TONES = {
     0x1F3FE: "medium-dark skin tone",
     0x1F3FF: "dark skin tone",
 }
+_STYLE_SUFFIX = re.compile(r"^(.*), (\S+) style$")
 HELD_OUT_MODULUS = 17  # single code point c is held out of style STYLES[c % 17]
 MARGIN = 0.06  # of the canvas side, on each side
 WORK_PIXELS = 256  # pictures are framed at m·size >= 256 pixels, then averaged down m×m
@@ -202,6 +206,18 @@ def _concepts(sources: EmojiSources, singles: set[Key]) -> list[_Concept]:
 
 def _base(key: Key) -> Key:
     return tuple(cp for cp in key if cp not in TONES) or key
+
+
+def split_caption(caption: str) -> tuple[str, str | None]:
+    """"NAME, STYLE style" → (NAME, STYLE); "NAME" → (NAME, None)."""
+    m = _STYLE_SUFFIX.match(caption)
+    return (m.group(1), m.group(2)) if m else (caption, None)
+
+
+def caption_styles(captions: Sequence[str]) -> list[str]:
+    """The style words of "NAME, STYLE style" captions, sorted: what a model trained on them
+    draws (config.json "styles")."""
+    return sorted({s for c in captions if (s := split_caption(c)[1])})
 
 
 def is_held_out(key: Key, style: str) -> bool:
@@ -321,10 +337,6 @@ def _check_size(size: int) -> None:
         raise KuosanError(f"emoji pictures are 16..128 pixels; got size={size!r}")
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan") / "emoji"
-
-
 def _cache_key(opened: dict[str, Source], sources: EmojiSources, size: int) -> str:
     h = hashlib.sha256()
     meta = {"code": CODE_VERSION, "pillow": PIL.__version__, "size": size, "styles": list(opened)}
@@ -378,7 +390,7 @@ def catalogue_pictures(
     sources = sources if sources is not None else find_sources()
     opened = _open_sources(styles, sources)
     key = _cache_key(opened, sources, size)
-    folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder("emoji")
     name = f"emoji-all-{key}" if held_out else f"emoji-{key}"
     tensor_path, json_path = folder / f"{name}.safetensors", folder / f"{name}.json"
     if tensor_path.is_file() and json_path.is_file():

@@ -62,7 +62,7 @@ def add_fid_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-samples", type=Path, default=None,
                    help="checkpoint SOURCE: also write the drawn images to this folder")
     g.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature cache (default $KUOSAN_CACHE_DIR/features or "
+                   help="feature cache (default $KUOSAN_CACHE/features or "
                         "~/.cache/kuosan/features)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 

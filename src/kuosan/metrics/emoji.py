@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 
 from kuosan.data import emoji as emoji_data
 from kuosan.data.emoji import DEFAULT_STYLES, TONES, EmojiEntry
+from kuosan.defaults import cache_folder
 from kuosan.errors import KuosanError
 from kuosan.images import _atomic_write
 
@@ -335,7 +335,7 @@ def evaluate(
 def _cache_root(cache_dir: Path | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan") / "emoji"
+    return cache_folder("emoji")
 
 
 def real_pictures(

@@ -34,7 +34,6 @@ in the training set is skipped: images that are in fact training images count le
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save
 from torch import Tensor
 
+from kuosan.defaults import cache_folder
 from kuosan.errors import KuosanError
 from kuosan.images import _atomic_write
 from kuosan.metrics.features import FeatureMap
@@ -134,9 +134,8 @@ def load_image_set(spec: str | Path, *, size: int | None = None, seed: int = 0) 
 
 
 def default_cache_dir() -> Path:
-    """``$KUOSAN_CACHE_DIR/features``, else ``~/.cache/kuosan/features``."""
-    root = os.environ.get("KUOSAN_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "kuosan") / "features"
+    """``$KUOSAN_CACHE/features``, else ``~/.cache/kuosan/features``."""
+    return cache_folder("features")
 
 
 def cached_features(images: ImageSet, fmap: FeatureMap, cache_dir: Path | None,

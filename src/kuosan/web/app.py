@@ -50,7 +50,7 @@ def create_app(pipe: Pipeline, model: str, outputs: Path, policy: Policy,
         return JSONResponse({
             "model": model, "version": __version__, "size": [w, h], "channels": c,
             "text": pipe.is_text_conditioned, "image": pipe.info.kind == "image",
-            "attribution": pipe.attribution,
+            "attribution": pipe.attribution, "styles": list(pipe.styles),
             "defaults": {"task": "generate", "num": 1, "steps": 20, "seed": None,
                          "sampler": pipe.default_sampler, "guidance": pipe.default_guidance,
                          "strength": dict(STRENGTH), "resample": {"outpaint": 1},
