@@ -106,3 +106,54 @@ def test_the_bundled_emoji_model_carries_its_captions():
     assert lang.rewrite("a shiny red apple").text == "red apple, glossy style"
     assert lang.rewrite("dark-skinned woman firefighter in flat style").text == (
         "woman firefighter: dark skin tone, flat style")
+
+
+# --- benchmarks/enhance_emoji.py: its pure parts, on synthetic entries ----------------------------
+
+
+@pytest.fixture(scope="module")
+def bench():
+    from conftest import benchmark_module
+
+    yield from benchmark_module("enhance_emoji")
+
+
+def _entry(cps, name, style, keywords=(), tone=None):
+    from kuosan.data.emoji import EmojiEntry
+
+    return EmojiEntry(cps, "", name, style, keywords, tone, False, f"{name}, {style} style")
+
+
+def test_the_benchmark_compares_meanings_not_strings(bench):
+    woman, man, engine, dark = 0x1F469, 0x1F468, 0x1F692, 0x1F3FF
+    cat = bench.Catalogue([
+        _entry((0x1F6D1,), "octagonal sign", "flat", ("stop sign",)),
+        _entry((woman, 0x200D, engine), "woman firefighter", "flat"),
+        _entry((woman, dark, 0x200D, engine), "woman firefighter: dark skin tone", "glossy",
+               tone="dark skin tone"),
+        _entry((man, 0x200D, engine), "man firefighter", "flat"),
+    ])
+    assert cat.meaning("stop sign, flat style") == cat.meaning("octagonal sign, flat style")
+    assert cat.meaning("woman firefighter") != cat.meaning("man firefighter")  # gender counts
+    assert cat.meaning("woman firefighter: dark skin tone")[1:] == ("dark skin tone", None)
+    assert cat.meaning("a zebra")[0] is None
+    assert cat.index("woman firefighter: dark skin tone, glossy style") == 2
+    with pytest.raises(KuosanError, match="names no picture"):
+        cat.index("woman firefighter: dark skin tone, flat style")
+
+
+def test_the_benchmark_table_and_prompt_file(bench, tmp_path):
+    rows = bench.load_prompts(bench.PROMPTS)
+    assert len(rows) >= 50 and {r["kind"] for r in rows} == set(bench.KINDS)
+    assert all((r["caption"] is None) == (r["kind"] == "none") for r in rows)
+    table = bench.table([
+        {"kind": "style", "mapped": True, "without": False, "with": True},
+        {"kind": "style", "mapped": False, "without": False, "with": False},
+        {"kind": "none", "mapped": True},
+    ])
+    assert table["style"] == {"n": 2, "mapping": 50.0, "without": 0.0, "with": 50.0}
+    assert table["all"]["n"] == 3 and table["all"]["mapping"] == pytest.approx(200 / 3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a fox", "kind": "rhyme"}\n')
+    with pytest.raises(KuosanError, match="kind"):
+        bench.load_prompts(bad)
