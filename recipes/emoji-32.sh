@@ -3,7 +3,14 @@
 # Twemoji and glossy = Noto styles, docs/emoji.md) trained with kuosan's own `kuosan train`.
 #
 #   bash recipes/emoji-32.sh [RUN_FOLDER]          # train, or go on training (it resumes)
+#   bash recipes/emoji-32.sh RUN_FOLDER anneal     # the decay phase into RUN_FOLDER-anneal
 #   bash recipes/emoji-32.sh RUN_FOLDER export     # the bundled fp16 file from the run's EMA
+#
+# Warmup-stable-decay: the main run keeps a constant learning rate, so it can go on in later
+# sessions; a release is a short decay phase from its EMA weights (`--init-from`): 2,400 steps,
+# lr 2.5e-4 after 100 warm-up steps, cosine to 0, a short EMA (20,000 images, about 300 steps)
+# so that the EMA follows the decay. It writes RUN_FOLDER-anneal (replaced on each anneal) and
+# stops after 110 minutes at the latest; export from that folder.
 #
 # The `s` UNet (3.09 M parameters with the caption maps) reading its captions with the frozen
 # all-MiniLM-L6-v2, v target, cosine schedule, batch 64, lr 5e-4 after 200 warm-up steps,
@@ -29,6 +36,12 @@ COMMON=(--data emoji --size 32 --preset s --text-encoder minilm --cond-drop 0.1
 if [ "${2:-}" = export ]; then
   kuosan export "$RUN" --out src/kuosan/bundled/emoji-32 --replace --guidance "$GUIDANCE" \
       --sampler dpmpp_2m --attribution "$ATTRIBUTION"
+  exit 0
+fi
+if [ "${2:-}" = anneal ]; then
+  rm -rf "$RUN-anneal"
+  kuosan train "${COMMON[@]}" --init-from "$RUN" --lr 2.5e-4 --warmup 100 --lr-decay cosine \
+      --ema-half-life 20000 --seed 1 --steps 2400 --minutes 110 --out "$RUN-anneal"
   exit 0
 fi
 RESUME=()

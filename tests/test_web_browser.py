@@ -178,3 +178,26 @@ def test_phone_layout(browser, server):
         desktop.screenshot(path=str(Path(shots) / "web_desktop.png"))
         desktop.close()
     context.close()
+
+
+def test_an_emoji_model_offers_its_styles(browser, tmp_path):
+    """The bundled emoji-32: a style list from /api/info's "styles", added to the prompt."""
+    s = Server(Pipeline.load("emoji-32", limits=WEB), tmp_path, name="emoji-32")
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{s.port}/")
+        page.wait_for_function("document.querySelector('#style').options.length > 1")
+        assert page.locator("#style option").all_inner_texts() == ["as the prompt says", "flat", "glossy"]
+        assert page.get_attribute("#prompt", "placeholder") == "red apple, glossy style"
+        page.fill("#prompt", "red apple")
+        page.select_option("#style", "glossy")
+        page.fill("#steps", "2")
+        page.click("#go")
+        page.wait_for_selector("#results figure img")
+        alt = page.get_attribute("#results figure img", "alt")
+        assert alt.startswith("red apple, glossy style"), alt
+    finally:
+        context.close()
+        s.close()
