@@ -246,3 +246,12 @@ def test_fid_per_style_puts_real_pictures_on_their_floor(tiny):
     assert "| flat | 4 |" in "\n".join(fid_lines(rows))
     with pytest.raises(KuosanError, match="--fid: n must be"):
         split(entries, "flat", 1, seed=0)
+
+
+def test_the_everyday_group_takes_every_seen_picture_of_its_names(probe):
+    apple = 0x1F34E
+    entries = [entry((apple,), "red apple", "flat"), entry((apple,), "red apple", "glossy"),
+               entry((apple,), "red apple", "3d"), entry((0x1F98A,), "fox face", "flat", held_out=True),
+               entry((0x1F600,), "smirking face", "flat")]
+    assert probe.everyday_captions(entries, ("flat", "glossy")) == [0, 1]
+    assert len(probe.EVERYDAY) == len(set(probe.EVERYDAY)) == 83
