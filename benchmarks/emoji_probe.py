@@ -284,8 +284,8 @@ def write_report(result: dict, tag: str, command: str) -> Path:
              "Targets:", "", *[f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}"
                                for t in result["targets"]], "",
              f"![real (top) and sampled (bottom) for each group]({stem.name}_grid.png)", "",
-             ("*Rows in pairs, per group (seen, held-out style, held-out tone): the real picture "
-             "the caption names, then the sample.*")]
+             (f"*Rows in pairs, per group ({', '.join(result['groups'])}): the real picture "
+              "the caption names, then the sample.*")]
     text = "\n".join(lines) + "\n"
     _atomic_write(stem.with_suffix(".md"), lambda f: f.write(text.encode("utf-8")))
     data = json.dumps(result, indent=2).encode("utf-8")
