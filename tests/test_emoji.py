@@ -246,6 +246,15 @@ def test_load_dataset_emoji(sources: EmojiSources, tmp_path: Path, monkeypatch: 
     assert len(ds.captions) == len(ds) and ds.items.dtype == torch.uint8
     assert ds.batch(torch.tensor([0])).min() >= -1.0
     assert any((tmp_path / "cache" / "emoji").iterdir())
+    # --balance's concepts: an item's emoji less its tone, the same for its captions and styles
+    assert ds.groups.shape == (len(ds),) and torch.equal(ds.groups[0::3], ds.groups[1::3])
+    by_group: dict[int, set[str]] = {}
+    for g, c in zip(ds.groups.tolist(), ds.captions, strict=True):
+        by_group.setdefault(g, set()).add(c.split(",")[0].split(":")[0])
+    assert all(len(names) <= 2 for names in by_group.values())  # its name and keyword
+    group_of = dict(zip(ds.captions, ds.groups.tolist(), strict=True))
+    toned = [c for c in ds.captions if ": " in c and c.split(":")[0] in group_of]
+    assert toned and all(group_of[c] == group_of[c.split(":")[0]] for c in toned)
     flat = load_dataset("emoji", size=16, styles=("flat",))
     assert all(not c.endswith("glossy style") for c in flat.captions)
     assert "bicycle" not in flat.captions  # held out of flat, and flat is all there is

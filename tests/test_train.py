@@ -12,7 +12,15 @@ from safetensors.torch import load_file
 
 from kuosan import KuosanError
 from kuosan.cli import main
-from kuosan.train import TrainConfig, batch_indices, ema_beta, train, with_high_noise
+from kuosan.train import (
+    TrainConfig,
+    balance_weights,
+    balanced_indices,
+    batch_indices,
+    ema_beta,
+    train,
+    with_high_noise,
+)
 
 TINY = TrainConfig.from_flat(data="digits", steps=6, batch_size=16, warmup_steps=2, sample_every=0,
                    save_every=0, grid_size=4, grid_steps=3, log_every=2)
@@ -213,3 +221,26 @@ def test_cli_resumes_a_run_with_a_flat_config(tmp_path):
     for name in ("model", "ema"):
         assert_same(weights(straight, name), weights(old, name))
     assert json.loads((old / "config.json").read_text())["train"] == TINY.to_dict()
+
+
+def test_balance_draws_each_concept_equally_often_at_one():
+    """Group 0 has 6 items, group 1 has 2: alpha 0 keeps items uniform (group 0: 3/4 of draws),
+    alpha 1 draws each group half the time; draws depend on (seed, step) only."""
+    groups = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    assert torch.allclose(balance_weights(groups, 0.0), torch.ones(8, dtype=torch.float64))
+    w = balance_weights(groups, 1.0)
+    assert torch.allclose(w[groups == 0].sum(), w[groups == 1].sum())
+    draws = torch.cat([balanced_indices(w, 0, k, 64) for k in range(200)])
+    share = float((groups[draws] == 1).double().mean())
+    assert 0.45 < share < 0.55  # 12,800 draws: the standard error of the share is 0.0044
+    assert torch.equal(balanced_indices(w, 0, 7, 64), balanced_indices(w, 0, 7, 64))
+    assert not torch.equal(balanced_indices(w, 0, 7, 64), balanced_indices(w, 0, 8, 64))
+
+
+def test_balance_needs_data_with_concepts(tmp_path):
+    config = TrainConfig.from_flat(data="digits", steps=1, batch_size=8, sample_every=0,
+                                   save_every=0, balance=0.5)
+    with pytest.raises(KuosanError, match="--balance needs data"):
+        train(config, tmp_path / "run", progress=False)
+    with pytest.raises(KuosanError, match="between 0 and 1"):
+        TrainConfig.from_flat(balance=2.0).check()

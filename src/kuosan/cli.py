@@ -55,7 +55,7 @@ def kind_mix(text: str) -> dict[str, float]:
 
 # flag dest → TrainConfig field (what a resumed run may change: kuosan.train.RESUMABLE)
 TRAIN_FLAGS = {
-    "data": "data", "shapes_mix": "shapes_mix", "size": "size", "channels": "channels",
+    "data": "data", "shapes_mix": "shapes_mix", "balance": "balance", "size": "size", "channels": "channels",
     "preset": "model", "steps": "steps",
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
@@ -126,6 +126,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shapes-mix", type=kind_mix, default=None, metavar="KIND=W,…",
                    help="--data shapes: how often each caption kind is drawn, e.g. "
                         "single=0.2,pair=0.6,count=0.2 (default: single=0.4,pair=0.35,count=0.25)")
+    p.add_argument("--balance", type=float, default=d.balance, metavar="ALPHA",
+                   help="draw item i with weight n^-ALPHA, n the items of its concept (--data emoji: "
+                        "the emoji less its skin tone): 0 uniform, 1 every concept equally often")
     p.add_argument("--high-noise", type=float, default=d.high_noise, metavar="FRACTION",
                    help="fraction of examples whose timestep is drawn from the noisiest 15%% of steps, "
                         "where a caption decides the layout (default 0: all uniform)")

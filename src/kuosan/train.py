@@ -4,8 +4,8 @@ Scale-out is HF Accelerate's: the same code runs as a plain process, under ``acc
 or under ``torchrun`` (DistributedDataParallel; gloo on the CPU, NCCL on CUDA).
 
 Determinism. Everything random in step ``k`` comes from generators seeded by ``(seed, k)``: the
-examples of the global batch (an endless stream of per-epoch permutations), the timesteps and
-the noise. Each rank draws the whole global batch and takes its own rows, so the run does not
+examples of the global batch (an endless stream of per-epoch permutations, or weighted draws
+with ``--balance``), the timesteps and the noise. Each rank draws the whole global batch and takes its own rows, so the run does not
 depend on the number of processes, and resuming at step k needs no saved RNG state: N steps,
 stop, and resume to 2N gives the same weights, bit for bit on the CPU, as 2N steps straight.
 
@@ -105,6 +105,19 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> Tensor:
         mask = epochs == epoch
         out[mask] = perm[positions[mask] % n]
     return out
+
+
+def balance_weights(groups: Tensor, alpha: float) -> Tensor:
+    """Item weights w_i = n_{g(i)}^-alpha, n_g the number of items of group g: alpha 0 draws
+    items uniformly, 1 draws every group equally often (long-tail re-balancing)."""
+    counts = torch.bincount(groups).double()
+    return counts[groups] ** -alpha
+
+
+def balanced_indices(weights: Tensor, seed: int, step: int, batch_size: int) -> Tensor:
+    """Indices of the global batch of ``step`` drawn ∝ ``weights``, with replacement."""
+    return torch.multinomial(weights, batch_size, replacement=True,
+                             generator=step_generator(seed, step, 5))
 
 
 def ema_beta(batch_size: int, images_seen: int, half_life: float, rampup_ratio: float) -> float:
@@ -240,6 +253,12 @@ class Trainer:
                                                   skip_bad=data.skip_bad, seed=config.optim.seed,
                                                   shapes_mix=data.shapes_mix)
         self.info = self.dataset.info
+        self.weights = None  # item weights of --balance (None: epochs of permutations)
+        if data.balance:
+            if self.dataset.groups is None:
+                raise KuosanError(f"--balance needs data whose items have concepts (emoji), not "
+                                  f"'{data.name}'")
+            self.weights = balance_weights(self.dataset.groups, data.balance)
         self.schedule = config.model.make_schedule()
         self.captions = self.dataset.captions if config.model.text_encoder else None
         if config.model.text_encoder and self.captions is None:
@@ -368,7 +387,10 @@ class Trainer:
         """One optimizer step over the global batch; returns (loss, grad norm)."""
         o, acc = self.config.optim, self.accelerator
         world, rank = acc.num_processes, acc.process_index
-        idx = batch_indices(o.seed, self.step, o.batch_size, len(self.dataset))
+        if self.weights is None:
+            idx = batch_indices(o.seed, self.step, o.batch_size, len(self.dataset))
+        else:
+            idx = balanced_indices(self.weights, o.seed, self.step, o.batch_size)
         g = step_generator(o.seed, self.step, 1)
         t = torch.randint(0, self.schedule.T, (o.batch_size,), generator=g)
         noise = torch.randn((o.batch_size, *self.info.shape), generator=g)

@@ -46,8 +46,11 @@ class DataConfig:
     channels: int | None = None  # 1 or 3; None: from the data
     skip_bad: bool = False  # skip unreadable images with a warning instead of stopping
     shapes_mix: dict[str, float] | None = None  # ShapesWorld: caption kind → weight; None: default
+    balance: float = 0.0  # item i drawn ∝ n_g^-balance, n_g the items of its concept (0: uniform)
 
     def check(self) -> None:
+        if not (isinstance(self.balance, (int, float)) and 0 <= self.balance <= 1):
+            raise KuosanError(f"--balance must be between 0 and 1, got {self.balance!r}")
         if self.shapes_mix is not None:
             if self.name != "shapes":
                 raise KuosanError(f"--shapes-mix applies to --data shapes, not to '{self.name}'")

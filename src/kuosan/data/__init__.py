@@ -95,6 +95,7 @@ class ArrayDataset(Dataset):
         self.labels = labels
         self.paths = paths
         self.captions: list[str] | None = None  # one caption per item, for captioned data
+        self.groups: Tensor | None = None  # a concept id per item, for --balance (emoji)
 
     def _to_model_space(self, x: Tensor) -> Tensor:
         return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x
@@ -119,7 +120,7 @@ class ArrayDataset(Dataset):
         """The same dataset with its storage (and labels) on `device`; uint8 stays uint8."""
         labels = None if self.labels is None else self.labels.to(device)
         moved = ArrayDataset(self.items.to(device), self.info, labels, self.paths)
-        moved.captions = self.captions
+        moved.captions, moved.groups = self.captions, self.groups
         return moved
 
     def __repr__(self) -> str:
@@ -206,7 +207,8 @@ def load_dataset(
       default `kuosan.data.shapes.KIND_WEIGHTS`);
     - "emoji": real emoji pictures (docs/emoji.md; RGB, `size` 16..128, default 32) in `styles`
       (default flat + glossy), held-out pairs excluded, three captions per picture in
-      `.captions`; built from the installed sources once, then read from the cache;
+      `.captions` and its concept (the emoji less its skin tone) in `.groups`; built from the
+      installed sources once, then read from the cache;
     - "moons", "swissroll", "gaussians": 20,000 2-D points drawn with `seed`, standardised
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized
@@ -228,13 +230,13 @@ def load_dataset(
             images = images.repeat(1, 3, 1, 1)
         return _image_dataset("digits", images, labels=labels)
     if spec == "emoji":
-        from kuosan.data.emoji import DEFAULT_STYLES, build_emoji
+        from kuosan.data.emoji import DEFAULT_STYLES, build_emoji, item_groups
 
         if channels == 1:
             raise KuosanError("emoji pictures are RGB: channels=1 does not apply")
-        items, captions, _ = build_emoji(size or 32, styles or DEFAULT_STYLES)
+        items, captions, entries = build_emoji(size or 32, styles or DEFAULT_STYLES)
         ds = _image_dataset("emoji", items)
-        ds.captions = captions
+        ds.captions, ds.groups = captions, item_groups(entries)
         return ds
     if spec in TOY_NAMES:
         for flag, value in (("size", size), ("channels", channels)):

@@ -79,6 +79,7 @@ __all__ = [
     "emoji_catalogue",
     "frame_picture",
     "is_held_out",
+    "item_groups",
     "render_entries",
     "render_entry",
     "split_caption",
@@ -409,6 +410,15 @@ def catalogue_pictures(
     meta = json.dumps({"entries": [e.to_dict() for e in entries]}, ensure_ascii=False)
     _atomic_write(json_path, lambda f: f.write(meta.encode("utf-8")))
     return pictures, entries, key
+
+
+def item_groups(entries: list[EmojiEntry]) -> torch.Tensor:
+    """The concept of each training item (``_items``' order): one int64 id per emoji less its
+    skin tone and variation selector, shared by its styles and tones (``--balance``)."""
+    index, _ = _items(entries)
+    ids: dict[tuple[int, ...], int] = {}
+    keys = [tuple(c for c in entries[i].code_points if c not in TONES and c != 0xFE0F) for i in index]
+    return torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
 
 
 def _expand(
