@@ -94,3 +94,13 @@ def test_recipe_exports_the_bundled_file():
     assert float(guidance) == config["sampling"]["guidance"]
     assert "--sampler " + config["sampling"]["sampler"] in recipe.split("kuosan export")[1]
     assert config["train"]["data"]["name"] == "emoji" and config["train"]["model"]["preset"] == "s"
+    optim = config["train"]["optim"]
+    if config["train"]["init"]["init_from"]:  # the decay phase (`RUN anneal`): its own line
+        line = recipe.split("--init-from")[1].split("exit 0")[0]
+
+        def flag(name: str) -> str:
+            return re.search(rf"--{name} (\S+)", line)[1]
+
+        assert float(flag("lr")) == optim["lr"] and flag("lr-decay") == optim["lr_decay"]
+        assert float(flag("ema-half-life")) == optim["ema_half_life_images"]
+        assert int(flag("steps")) >= config["exported"]["step"]  # --minutes may stop it sooner
