@@ -169,6 +169,9 @@ def export_checkpoint(source: str | Path, dest: str | Path, *, weights: str = "e
             raise KuosanError("--attribution: give the credit's text, not an empty string")
         config["attribution"] = attribution.strip()
     # the run folder's name: a local path would mean nothing on another machine
+    init = config.get("train", {}).get("init", {})
+    if init.get("init_from"):
+        init["init_from"] = Path(init["init_from"]).name
     config["exported"] = {"from": source.resolve().name, "weights": weights, "step": step,
                           "dtype": "float16" if half else "as trained"}
     dest.mkdir(parents=True, exist_ok=True)
