@@ -39,9 +39,9 @@ from history import append_row, nan_to_none
 
 from kuosan import KuosanError, Pipeline
 from kuosan.checkpoint import load_captions, weights_digest
-from kuosan.data.emoji import TONES, EmojiEntry, split_caption
+from kuosan.data.emoji import EmojiEntry, split_caption, without_tone
 from kuosan.enhance_emoji import EmojiLanguage
-from kuosan.metrics.emoji import VS16, entry_labels, load_or_train, score
+from kuosan.metrics.emoji import entry_labels, load_or_train, score
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT / "benchmarks" / "data" / "emoji_freeform_prompts.jsonl"
@@ -59,11 +59,6 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def identity(code_points: tuple[int, ...]) -> tuple[int, ...]:
-    """An emoji less its skin tone and variation selector: woman and man firefighters differ."""
-    return tuple(c for c in code_points if c not in TONES and c != VS16)
-
-
 class Catalogue:
     """Captions → catalogue entries: a name or keyword → its emoji (less the tone), and
     (name, style) → entry."""
@@ -74,7 +69,7 @@ class Catalogue:
         self.entry: dict[tuple[str, str | None], int] = {}
         for i, e in enumerate(entries):
             for name in (e.name, *e.keywords):
-                self.concept.setdefault(name, identity(e.code_points))
+                self.concept.setdefault(name, without_tone(e.code_points))
                 self.entry.setdefault((name, e.style), i)
                 self.entry.setdefault((name, None), i)
 

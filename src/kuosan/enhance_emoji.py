@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,10 @@ from torch import Tensor
 from kuosan.checkpoint import load_captions, resolve_model
 from kuosan.data.emoji import caption_styles, split_caption
 from kuosan.defaults import cache_folder
-from kuosan.enhance import MiniLMEmbed, Rewrite
+from kuosan.enhance import Embed, MiniLMEmbed, Rewrite, _check_text
 from kuosan.errors import KuosanError
 
 __all__ = ["STYLE_WORDS", "EmojiLanguage"]
-
-Embed = Callable[[list[str]], Tensor]  # texts -> (N, D), rows L2-normalised
 
 # words people use for an art style → the emoji style it names (kuosan.data.emoji.STYLES)
 STYLE_WORDS: dict[str, tuple[str, ...]] = {
@@ -104,9 +102,7 @@ class EmojiLanguage:
         return m.group(1) if m else name
 
     def rewrite(self, text: str) -> Rewrite:
-        if not isinstance(text, str):
-            raise KuosanError(f"a prompt must be a string, got {type(text).__name__}")
-        words = " ".join(text.lower().replace("’", "'").split()).strip(" .!?;")
+        words = " ".join(_check_text(text).lower().replace("’", "'").split()).strip(" .!?;")
         name, style = split_caption(words)
         if name in self.names and (style is None or style in self.styles):
             if words == text:

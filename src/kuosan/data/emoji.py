@@ -412,12 +412,17 @@ def catalogue_pictures(
     return pictures, entries, key
 
 
+def without_tone(code_points: tuple[int, ...]) -> tuple[int, ...]:
+    """An emoji less its skin tone and variation selector (woman and man firefighters differ)."""
+    return tuple(c for c in code_points if c not in TONES and c != 0xFE0F)
+
+
 def item_groups(entries: list[EmojiEntry]) -> torch.Tensor:
-    """The concept of each training item (``_items``' order): one int64 id per emoji less its
-    skin tone and variation selector, shared by its styles and tones (``--balance``)."""
+    """The concept of each training item (``_items``' order): one int64 id per
+    :func:`without_tone` emoji, shared by its styles and tones (``--balance``)."""
     index, _ = _items(entries)
     ids: dict[tuple[int, ...], int] = {}
-    keys = [tuple(c for c in entries[i].code_points if c not in TONES and c != 0xFE0F) for i in index]
+    keys = [without_tone(entries[i].code_points) for i in index]
     return torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)
 
 
