@@ -25,7 +25,7 @@ RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
 def test_dataset_names():
-    assert set(DATASET_NAMES) == {"digits", "shapes", "emoji", "moons", "swissroll", "gaussians"}
+    assert set(DATASET_NAMES) == {"digits", "shapes", "emoji", "emojiworld", "moons", "swissroll", "gaussians"}
 
 
 # --- digits ---------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_missing_path_and_unknown_name(tmp_path, monkeypatch):
     with pytest.raises(KuosanError) as err:
         load_dataset("foo")
     assert str(err.value) == (
-        "unknown dataset 'foo': expected digits, shapes, emoji, moons, swissroll, gaussians or a folder of images"
+        "unknown dataset 'foo': expected digits, shapes, emoji, emojiworld, moons, swissroll, gaussians or a folder of images"
     )
     (tmp_path / "file.png").write_bytes(b"")
     with pytest.raises(KuosanError, match="file.png.*expected a folder"):

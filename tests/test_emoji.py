@@ -349,3 +349,40 @@ def test_font_source_draws_emoji_not_missing_glyphs(font: Path | None):
         assert (x[0] == 255).all() and (x[16] != 255).any()
     assert not source.draws((0x378,), "\u0378")  # unassigned: .notdef or nothing
     assert not source.draws((APPLE, 0x200D, FOX), "\U0001F34E\u200d\U0001F98A")  # no ligature
+
+
+def test_load_dataset_emojiworld(sources: EmojiSources, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch):
+    import kuosan.data as data
+
+    monkeypatch.setattr(emoji, "find_sources", lambda: sources)
+    monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "EMOJIWORLD_ITEMS", 24)
+    ds = load_dataset("emojiworld", size=32)
+    assert ds.info.shape == (3, 32, 32) and ds.info.name == "emojiworld" and len(ds) == 24
+    assert len(ds.captions) == 24 and all(re.search(r", (flat|glossy) style$", c) for c in ds.captions)
+    assert ds.captions != load_dataset("emojiworld", size=32, seed=1).captions
+    assert all(not c.endswith("glossy style") for c in
+               load_dataset("emojiworld", size=32, styles=("flat",)).captions)
+    for kwargs, match in (({"size": 16}, "32..128"), ({"size": 40}, "multiple of 16"),
+                          ({"channels": 1}, "RGB")):
+        with pytest.raises(KuosanError, match=match):
+            load_dataset("emojiworld", **kwargs)
+
+
+def test_training_on_emojiworld_records_styles_and_captions(
+        sources: EmojiSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import kuosan.data as data
+    from kuosan.checkpoint import load_captions
+    from kuosan.train import TrainConfig, train
+
+    monkeypatch.setattr(emoji, "find_sources", lambda: sources)
+    monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "EMOJIWORLD_ITEMS", 16)
+    config = TrainConfig.from_flat(data="emojiworld", size=32, model="xs", steps=2, batch_size=4,
+                                   warmup_steps=1, sample_every=0, save_every=0,
+                                   text_encoder="transformer")
+    train(config, tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["styles"] == ["flat", "glossy"] and stored["data"]["name"] == "emojiworld"
+    assert all(" style" in c for c in load_captions(tmp_path / "run"))

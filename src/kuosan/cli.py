@@ -82,8 +82,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                     "`torchrun --nproc_per_node N -m kuosan.cli train …`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=d.data,
-                   help="digits, shapes (ShapesWorld, RGB), moons, swissroll, gaussians, or a folder of "
-                        "images (png, jpg, webp, bmp)")
+                   help="digits, shapes (ShapesWorld, RGB), emoji (real emoji in flat and glossy "
+                        "styles; needs the emoji sources), emojiworld (scenes of emoji), moons, "
+                        "swissroll, gaussians, or a folder of images (png, jpg, webp, bmp)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--size", type=positive_int, default=None,
                    help="image side in pixels (default: digits 8, folders 32)")

@@ -318,8 +318,9 @@ class Trainer:
         }
 
     def _styles(self) -> dict:
-        """{"styles": the style words of the captions} for emoji data (the Emoji contract)."""
-        if self.info.name != "emoji" or not self.dataset.captions:
+        """{"styles": the style words of the captions} for emoji data and scenes (the Emoji
+        contract)."""
+        if self.info.name not in ("emoji", "emojiworld") or not self.dataset.captions:
             return {}
         from .data.emoji import caption_styles
 

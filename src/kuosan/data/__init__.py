@@ -40,8 +40,9 @@ __all__ = [
     "normalize",
 ]
 
-DATASET_NAMES = ("digits", "shapes", "emoji", *TOY_NAMES)
+DATASET_NAMES = ("digits", "shapes", "emoji", "emojiworld", *TOY_NAMES)
 SHAPES_ITEMS = 20_000  # ShapesWorld images drawn (with their captions) for `load_dataset("shapes")`
+EMOJIWORLD_ITEMS = 20_000  # EmojiWorld scenes drawn for `load_dataset("emojiworld")`
 DEFAULT_FOLDER_SIZE = 32
 IMAGE_NORMALIZATION = {"type": "image", "range": [-1, 1]}
 
@@ -183,6 +184,23 @@ def _image_dataset(
     return ArrayDataset(items, info, labels, paths)
 
 
+def _emojiworld(size: int | None, channels: int | None, seed: int,
+                styles: tuple[str, ...] | None) -> ArrayDataset:
+    from kuosan.data.emoji import DEFAULT_STYLES, catalogue_pictures
+    from kuosan.data.emoji_scenes import make_scene_dataset
+
+    side = size if size is not None else 64
+    if side % 16 or not 32 <= side <= 128:
+        raise KuosanError(f"EmojiWorld scenes are 32..128 pixels, a multiple of 16; got size={side}")
+    if channels == 1:
+        raise KuosanError("EmojiWorld scenes are RGB: channels=1 does not apply")
+    pictures, entries, _ = catalogue_pictures(side, styles or DEFAULT_STYLES)
+    items, captions, _ = make_scene_dataset(EMOJIWORLD_ITEMS, pictures, entries, side, seed)
+    ds = _image_dataset("emojiworld", items)
+    ds.captions = captions
+    return ds
+
+
 def _looks_like_path(spec: str) -> bool:
     return any(c in spec for c in "/\\") or spec.startswith((".", "~"))
 
@@ -209,6 +227,9 @@ def load_dataset(
       (default flat + glossy), held-out pairs excluded, three captions per picture in
       `.captions` and its concept (the emoji less its skin tone) in `.groups`; built from the
       installed sources once, then read from the cache;
+    - "emojiworld": 20,000 EmojiWorld scenes (docs/emoji-scenes.md; two or three emoji with
+      positions and relations, RGB, `size` 32..128 a multiple of 16, default 64) drawn with
+      `seed` from the emoji pictures of `styles`, held-out pairs excluded, captions in `.captions`;
     - "moons", "swissroll", "gaussians": 20,000 2-D points drawn with `seed`, standardised
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized
@@ -222,7 +243,7 @@ def load_dataset(
     _check_channels(channels)
     if shapes_mix is not None and spec != "shapes":
         raise KuosanError(f"a caption-kind mix (--shapes-mix) applies to the shapes data, not to '{spec}'")
-    if styles is not None and spec != "emoji":
+    if styles is not None and spec not in ("emoji", "emojiworld"):
         raise KuosanError(f"emoji styles apply to the emoji data, not to '{spec}'")
     if spec == "digits":
         images, labels = load_digits(size if size is not None else DIGITS_SIZE)
@@ -238,6 +259,8 @@ def load_dataset(
         ds = _image_dataset("emoji", items)
         ds.captions, ds.groups = captions, item_groups(entries)
         return ds
+    if spec == "emojiworld":
+        return _emojiworld(size, channels, seed, styles)
     if spec in TOY_NAMES:
         for flag, value in (("size", size), ("channels", channels)):
             if value is not None:
@@ -269,8 +292,8 @@ def load_dataset(
         if _looks_like_path(spec):
             raise KuosanError(f"dataset folder '{spec}' does not exist")
         raise KuosanError(
-            f"unknown dataset '{spec}': expected digits, shapes, emoji, moons, swissroll, gaussians "
-            "or a folder of images"
+            f"unknown dataset '{spec}': expected digits, shapes, emoji, emojiworld, moons, swissroll, "
+            "gaussians or a folder of images"
         )
     items, paths = load_image_folder(
         path, size if size is not None else DEFAULT_FOLDER_SIZE, channels, skip_bad

@@ -216,7 +216,7 @@ def flood_fill_components(mask: np.ndarray) -> list[np.ndarray]:
     return comps
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
+def components(mask: np.ndarray) -> list[np.ndarray]:
     """8-connected components (scipy.ndimage.label when installed: same result, faster)."""
     try:
         from scipy import ndimage
@@ -313,7 +313,7 @@ def find_objects(image: Image.Image | np.ndarray) -> tuple[str | None, tuple[Fou
         core = ~grey & (label == ci) & (alpha_all[..., ci] >= CORE_ALPHA)
         if not core.any():
             continue
-        for comp in _components(core):
+        for comp in components(core):
             rr, cc = comp.T
             r0, r1 = max(rr.min() - 1, 0), min(rr.max() + 2, height)
             c0, c1 = max(cc.min() - 1, 0), min(cc.max() + 2, width)
@@ -399,6 +399,6 @@ def attribute_accuracy(results: list[ScoreResult]) -> dict[str, float]:
     return out
 
 __all__ = [
-    "ATTRIBUTES", "Found", "ScoreResult", "attribute_accuracy", "classify_shape", "find_objects",
-    "flood_fill_components", "parse", "score", "shape_features",
+    "ATTRIBUTES", "Found", "ScoreResult", "attribute_accuracy", "classify_shape", "components",
+    "find_objects", "flood_fill_components", "parse", "score", "shape_features",
 ]

@@ -1,0 +1,224 @@
+"""EmojiWorld: scoring scenes of two or three emoji against their captions (docs/emoji-scenes.md).
+
+``--validate`` checks the scorer (``kuosan.metrics.emoji_scenes``) on real scenes, drawn by
+``kuosan.data.emoji_scenes`` from the real emoji pictures: N scenes of each kind (single, pair,
+row) for the seen group, and N pairs and rows of held-out compositions. Each is scored against
+
+- its own caption: what the scorer gives a perfect picture (its ceiling);
+- a wrong layout: the pair's relation reversed, the row's first two emoji swapped, the single
+  emoji's position moved to the opposite cell (the centre to the top left);
+- a wrong emoji: the first emoji's NAME replaced by another concept's of the same style.
+
+A scorer worth using is high on the first and low on the other two.
+
+``--model PATH_OR_NAME`` has a text-to-image model draw each caption once (``--steps`` 20, the
+model's guidance, image i seeded ``--sample-seed`` + i) at its own size, and scores the samples;
+the real scenes' scores come beside them.
+
+    OMP_NUM_THREADS=2 python3 benchmarks/emoji_scenes.py --validate
+    OMP_NUM_THREADS=2 python3 benchmarks/emoji_scenes.py --model runs/emojiworld-64
+
+Writes ``benchmarks/results/emoji_scenes[_TAG].md`` / ``.json`` / ``_grid.png`` and appends a row
+to ``benchmarks/results/emoji_scenes_history.jsonl``. Needs the emoji sources (docs/emoji.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from history import record, run_meta
+
+from kuosan.data.emoji import DEFAULT_STYLES, catalogue_pictures
+from kuosan.data.emoji_scenes import (
+    Scene,
+    format_caption,
+    random_scene,
+    render_scene,
+    scene_concepts,
+)
+from kuosan.data.shapes import CELL_NAMES, POSITIONS
+from kuosan.errors import KuosanError
+from kuosan.metrics.emoji import load_or_train
+from kuosan.metrics.emoji_scenes import (
+    SceneSpec,
+    concept_index,
+    parse,
+    score_scene,
+    summarise_scenes,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
+            "above": "below", "below": "above"}
+GROUPS = (("seen", "single", "exclude"), ("seen", "pair", "exclude"), ("seen", "row", "exclude"),
+          ("held-out pair", "pair", "only"), ("held-out pair", "row", "only"))
+KEYS = ("satisfied", "count", "concepts", "concepts_any", "layout", "style")
+
+
+def draw_scenes(n: int, seed: int, size: int, entries, concepts) -> list[tuple[str, str, Scene]]:
+    """(group, kind, scene) for n scenes of each of GROUPS; scene j of group g is drawn with
+    ``default_rng((seed, g, j))``."""
+    out = []
+    for g, (group, kind, holdout) in enumerate(GROUPS):
+        for j in range(n):
+            rng = np.random.default_rng((seed, g, j))
+            out.append((group, kind, random_scene(rng, entries, concepts, size, kind, holdout)))
+    return out
+
+
+def wrong_layout(spec: SceneSpec) -> SceneSpec:
+    """The same emoji in another layout (module docstring)."""
+    if spec.kind == "pair":
+        return replace(spec, relation=OPPOSITE[spec.relation])
+    if spec.kind == "row":
+        a, b, c = spec.names
+        return replace(spec, names=(b, a, c))
+    col, row = POSITIONS[spec.position]
+    return replace(spec, position=CELL_NAMES[(2 - col, 2 - row)] if (col, row) != (1, 1)
+                   else "top left")
+
+
+def wrong_emoji(spec: SceneSpec, rng: np.random.Generator, names: list[str]) -> SceneSpec:
+    """The first emoji replaced by another concept's NAME."""
+    while (other := names[int(rng.integers(len(names)))]) in spec.names:
+        pass
+    return replace(spec, names=(other, *spec.names[1:]))
+
+
+def score_all(recogniser, pixels: list[np.ndarray], specs: list[SceneSpec], concepts) -> list:
+    return [score_scene(recogniser, p, s, concepts) for p, s in zip(pixels, specs, strict=True)]
+
+
+def rows_by_group(drawn, scores) -> dict[str, dict[str, float]]:
+    """summarise_scenes per group, per (group, kind) and over all."""
+    rows = {"all": summarise_scenes(scores)}
+    for key in dict.fromkeys([g for g, _, _ in drawn] + [f"{g}, {k}" for g, k, _ in drawn]):
+        rows[key] = summarise_scenes([s for (g, k, _), s in zip(drawn, scores, strict=True)
+                                      if key in (g, f"{g}, {k}")])
+    return rows
+
+
+def table(title: str, rows: dict[str, dict[str, float]]) -> list[str]:
+    lines = [f"| {title} | n | " + " | ".join(KEYS) + " |", "|---|---" + "|---" * len(KEYS) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['n']} | " + " | ".join(f"{r[k]:.1f}" for k in KEYS) + " |")
+    return lines
+
+
+def save_grid(path: Path, images: list[np.ndarray], columns: int = 8, scale: int = 3) -> None:
+    size = images[0].shape[0]
+    rows = (len(images) + columns - 1) // columns
+    grid = np.full((rows * (size + 2), columns * (size + 2), 3), 128, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * (size + 2):r * (size + 2) + size, c * (size + 2):c * (size + 2) + size] = im
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale),
+                                 Image.Resampling.NEAREST).save(path)
+
+
+def generate(model: str, captions: list[str], steps: int, guidance: float | None, seed: int,
+             size: int) -> list[np.ndarray]:
+    from kuosan import Pipeline
+
+    pipe = Pipeline.load(model)
+    if pipe.info.shape != (3, size, size):
+        raise KuosanError(f"'{model}' makes {pipe.info.shape} images; the scenes are 3×{size}×{size} "
+                          f"(--size)")
+    out = []
+    for i in range(0, len(captions), 32):
+        batch = list(pipe.generate(captions[i:i + 32], num_inference_steps=steps,
+                                   guidance_scale=guidance, seed=seed + i))
+        out += [np.asarray(r.image.convert("RGB")) for r in batch]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--validate", action="store_true", help="score real scenes (the scorer's check)")
+    p.add_argument("--model", help="checkpoint folder or bundled name to score")
+    p.add_argument("--n", type=int, default=64, help="scenes per (group, kind); 5 of them")
+    p.add_argument("--size", type=int, default=64, help="scene canvas side")
+    p.add_argument("--seed", type=int, default=23, help="scene draw")
+    p.add_argument("--sample-seed", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tag", default="")
+    p.add_argument("--note", default="", help="what else ran (for the report)")
+    p.add_argument("--no-history", action="store_true")
+    args = p.parse_args(argv)
+    if not args.validate and not args.model:
+        p.error("say --validate, --model PATH, or both")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    try:
+        recogniser, _, all_entries = load_or_train(DEFAULT_STYLES, 32)
+        pictures, entries, _ = catalogue_pictures(args.size, DEFAULT_STYLES)
+        concepts = scene_concepts(entries)
+        index = concept_index(all_entries, recogniser)
+        drawn = draw_scenes(args.n, args.seed, args.size, entries, concepts)
+        captions = [format_caption(s, entries) for _, _, s in drawn]
+        specs = [parse(c) for c in captions]
+        real = [render_scene(s, pictures) for _, _, s in drawn]
+        result = {**run_meta("emoji_scenes.py", sys.argv[1:] if argv is None else argv, args.note),
+                  "n_per_group": args.n, "size": args.size, "tables": {}}
+        lines = [f"# EmojiWorld scenes{f' ({args.tag})' if args.tag else ''}", "",
+                 (f"`{result['command']}` — {result['date']}, {result['threads']} threads. "
+                  f"{args.note}"), "",
+                 ("Percentages; `concepts`: stated emoji recognised top 5 in the caption's "
+                  "layout; `concepts_any`: in any box."), ""]
+        result["tables"]["real"] = rows_by_group(drawn, score_all(recogniser, real, specs, index))
+        lines += table("real scenes, own caption", result["tables"]["real"]) + [""]
+        if args.validate:
+            rng = np.random.default_rng(args.seed)
+            names = sorted({entries[i].name for v in concepts.values() for i in v})
+            for key, specs2 in (("wrong layout", [wrong_layout(s) for s in specs]),
+                                ("wrong emoji", [wrong_emoji(s, rng, names) for s in specs])):
+                result["tables"][key] = rows_by_group(drawn, score_all(recogniser, real, specs2,
+                                                                       index))
+                lines += table(f"real scenes, {key}", result["tables"][key]) + [""]
+        per = min(4 if args.model else 8, args.n)
+        shown = [g * args.n + j for g in range(len(GROUPS)) for j in range(per)]
+        images = [real[i] for i in shown]
+        if args.model:
+            samples = generate(args.model, captions, args.steps, args.guidance, args.sample_seed,
+                               args.size)
+            result["model"] = args.model
+            result["tables"]["samples"] = rows_by_group(
+                drawn, score_all(recogniser, samples, specs, index))
+            lines += table(f"samples of {args.model}", result["tables"]["samples"]) + [""]
+            images = [im for i in shown for im in (real[i], samples[i])]
+    except KuosanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    base = RESULTS / f"emoji_scenes{'_' + args.tag if args.tag else ''}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    grid = base.with_name(base.name + "_grid.png")
+    save_grid(grid, images)
+    what = "real scene, then sample, for each caption" if args.model else "real scenes"
+    lines += [f"![scenes]({grid.name})", "", f"The grid ({what}), row by row: "
+              + "; ".join(f"*{captions[i]}*" for i in shown)]
+    base.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    base.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print("\n".join(lines))
+    if not args.no_history:
+        record(base, "emoji_scenes", model=args.model or "real", command=result["command"],
+               figures={k: {g: r.get("satisfied") for g, r in t.items()}
+                        for k, t in result["tables"].items()}, note=args.note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
