@@ -136,9 +136,9 @@ def generate(model: str, captions: list[str], steps: int, guidance: float | None
                           f"(--size)")
     out = []
     for i in range(0, len(captions), 32):
-        batch = list(pipe.generate(captions[i:i + 32], num_inference_steps=steps,
-                                   guidance_scale=guidance, seed=seed + i))
-        out += [np.asarray(r.image.convert("RGB")) for r in batch]
+        batch = pipe.generate(captions[i:i + 32], num_inference_steps=steps,
+                              guidance_scale=guidance, seed=seed + i)
+        out += [np.asarray(image.convert("RGB")) for image in batch]
     return out
 
 

@@ -274,3 +274,13 @@ def test_benchmark_wrong_captions_differ_and_groups_summarise(bench):
     rows = bench.rows_by_group(drawn, fake)
     assert rows["all"]["n"] == len(drawn) and rows["seen"]["n"] == 9 and rows["held-out pair, row"]["n"] == 3
     assert "| all | 15 |" in "\n".join(bench.table("t", rows))
+
+
+def test_benchmark_generates_one_picture_per_caption_at_the_model_size(bench, tiny_text_run):
+    captions = ["a red circle", "a blue square", "a green cross"]
+    images = bench.generate(str(tiny_text_run), captions, steps=2, guidance=None, seed=0, size=32)
+    assert len(images) == 3 and all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im in images)
+    again = bench.generate(str(tiny_text_run), captions[1:], steps=2, guidance=None, seed=1, size=32)
+    assert np.array_equal(images[1], again[0])  # image i is seeded seed + i
+    with pytest.raises(KuosanError, match="--size"):
+        bench.generate(str(tiny_text_run), captions, steps=2, guidance=None, seed=0, size=64)
