@@ -41,7 +41,7 @@ fi
 if [ "${2:-}" = anneal ]; then
   rm -rf "$RUN-anneal"
   kuosan train "${COMMON[@]}" --init-from "$RUN" --lr 2.5e-4 --warmup 100 --lr-decay cosine \
-      --ema-half-life 20000 --seed 1 --steps 2400 --minutes 110 --out "$RUN-anneal"
+      --ema-half-life 20000 --balance 0.5 --seed 1 --steps 2400 --minutes 110 --out "$RUN-anneal"
   exit 0
 fi
 RESUME=()

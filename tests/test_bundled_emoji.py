@@ -27,8 +27,8 @@ HUES = {"red": (-25, 20), "orange": (15, 45), "yellow": (40, 70), "green": (75, 
 COLOURED = {"blue heart": "blue", "green heart": "green", "yellow heart": "yellow",
             "purple heart": "purple", "orange heart": "orange", "red apple": "red",
             "tomato": "red", "banana": "yellow", "frog face": "green"}
-# the bundled model (step 7,784 + decay) gets 15 of these 18 right at seed 0 (it draws the yellow
-# heart orange in both styles and the glossy banana orange; step 6,604 got 13); a model that
+# the bundled model (step 8,337 + a balanced decay) gets 16 of these 18 right at seed 0 (it draws
+# the glossy yellow heart and banana orange; step 7,784 + decay got 15, step 6,604 13); a model that
 # ignores its captions gets about 1 in 6. 0.5 (9 of 18) leaves six images for another CPU to
 # flip and is 4 binomial standard errors above 1/6.
 HUE_FLOOR = 0.5
@@ -104,3 +104,5 @@ def test_recipe_exports_the_bundled_file():
         assert float(flag("lr")) == optim["lr"] and flag("lr-decay") == optim["lr_decay"]
         assert float(flag("ema-half-life")) == optim["ema_half_life_images"]
         assert int(flag("steps")) >= config["exported"]["step"]  # --minutes may stop it sooner
+        balance = re.search(r"--balance (\S+)", line)
+        assert (float(balance[1]) if balance else 0.0) == config["train"]["data"]["balance"]
