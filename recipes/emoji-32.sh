@@ -9,7 +9,8 @@
 # Warmup-stable-decay: the main run keeps a constant learning rate, so it can go on in later
 # sessions; a release is a short decay phase from its EMA weights (`--init-from`): 2,400 steps,
 # lr 2.5e-4 after 100 warm-up steps, cosine to 0, a short EMA (20,000 images, about 300 steps)
-# so that the EMA follows the decay. It writes RUN_FOLDER-anneal (replaced on each anneal) and
+# so that the EMA follows the decay, and concepts drawn more evenly (--balance 0.5: everyday
+# things gained 10 points of recognition, docs/emoji-32.md). It writes RUN_FOLDER-anneal (replaced on each anneal) and
 # stops after 110 minutes at the latest; export from that folder.
 #
 # The `s` UNet (3.09 M parameters with the caption maps) reading its captions with the frozen

@@ -353,7 +353,7 @@ def test_font_source_draws_emoji_not_missing_glyphs(font: Path | None):
 
 def test_load_dataset_emojiworld(sources: EmojiSources, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch):
-    import kuosan.data as data
+    from kuosan import data
 
     monkeypatch.setattr(emoji, "find_sources", lambda: sources)
     monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path / "cache"))
@@ -372,7 +372,7 @@ def test_load_dataset_emojiworld(sources: EmojiSources, tmp_path: Path,
 
 def test_training_on_emojiworld_records_styles_and_captions(
         sources: EmojiSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import kuosan.data as data
+    from kuosan import data
     from kuosan.checkpoint import load_captions
     from kuosan.train import TrainConfig, train
 
