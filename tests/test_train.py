@@ -244,3 +244,20 @@ def test_balance_needs_data_with_concepts(tmp_path):
         train(config, tmp_path / "run", progress=False)
     with pytest.raises(KuosanError, match="between 0 and 1"):
         TrainConfig.from_flat(balance=2.0).check()
+
+
+def test_an_interrupt_during_the_last_grid_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the last sample grid is drawn (after the final save): no traceback, the
+    checkpoint is complete, the run says it was interrupted."""
+    from kuosan.checkpoint import load_weights
+    from kuosan.train import Trainer
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "sample_grid", interrupted)
+    result = train(TrainConfig.from_flat(data="digits", steps=2, batch_size=8, sample_every=0,
+                                         save_every=0), tmp_path / "run", progress=False)
+    assert result.stopped_by == "interrupt" and result.step == 2
+    assert "last sample grid; it is skipped" in capsys.readouterr().out
+    assert load_weights(tmp_path / "run")[1] == 2  # the EMA weights of step 2

@@ -502,7 +502,13 @@ class Trainer:
                 signal.signal(signal.SIGINT, old_handler)
         elapsed = time.monotonic() - start
         self.save(elapsed)
-        grid = self.sample_grid()
+        try:
+            grid = self.sample_grid()
+        except KeyboardInterrupt:  # the checkpoint is saved: only the last grid is left out
+            grid, stopped_by = None, "interrupt"
+            if main:
+                print("kuosan: interrupted while drawing the last sample grid; it is skipped",
+                      flush=True)
         if main:
             total_s = self.elapsed_before + elapsed
             print(f"kuosan: stopped by {stopped_by} at step {self.step} after {elapsed / 60:.1f} min "
