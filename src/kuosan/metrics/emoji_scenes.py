@@ -5,8 +5,8 @@ layout the caption states.
 - ``parse``: a caption of ``kuosan.data.emoji_scenes``' grammar → ``SceneSpec``;
 - ``find_emoji``: the emoji drawn on white, as pixel boxes: a pixel is drawn when 255 minus its
   smallest channel exceeds ``INK`` (24); drawn pixels are joined by a dilation of S/64 pixels
-  (pieces up to 2·S/64 apart are one emoji; scene tiles' drawings lie further apart) into 8-connected groups; a group with fewer
-  than (S/16)² drawn pixels is a speck and is dropped;
+  (pieces up to 2·S/64 apart are one emoji; scene tiles' drawings lie further apart) into
+  8-connected groups; a group with fewer than (S/16)² drawn pixels is a speck and is dropped;
 - ``read_boxes``: each box cropped, framed as the recogniser's pictures are (the box scaled to
   fill its canvas less the 6 % margin, on white) and read by ``kuosan.metrics.emoji``;
 - ``score_scene``: the boxes are given to the caption's emoji in the caption's layout (a pair "A
@@ -15,8 +15,9 @@ layout the caption states.
   concept is among the recogniser's top 5 for its emoji, the pair's centres are at least S/16
   apart along the relation's axis (a single emoji's centre in its third of the canvas), and the
   scene is read in the caption's style (one vote: the style heads' log-probabilities summed over
-  the boxes; a small emoji alone often shows too little of its style). ``concepts_any`` counts the stated emoji recognised in some
-  box regardless of layout: concepts drawn but misplaced show as concepts_any > concepts.
+  the boxes; a small emoji alone often shows too little of its style). ``concepts_any`` counts
+  the stated emoji recognised in some box regardless of layout: concepts drawn but misplaced
+  show as concepts_any > concepts.
 """
 
 from __future__ import annotations
