@@ -13,13 +13,14 @@ Captions are catalogue captions ("NAME, STYLE style") of three groups, drawn wit
   vehicles, plants, objects). The catalogue is mostly people, faces and symbols, so the seen
   group says little about them; this group is reported, not a target.
 
-Each caption is generated once at ``--steps`` (20) and the model's default guidance (or
-``--guidance``), image i seeded ``--sample-seed + i``. The recogniser (``kuosan.metrics.emoji``,
-trained on every real picture, cached) scores each image: top-1/top-5 concept (tone and gender
-variants are one concept), style, skin tone (over captions with a tone) and gender (over captions
-of a woman/man/person). Memorisation is measured in pixel space: the L2 distance (pixel values in
-0..1, over 3·32·32 values) from each sample to its nearest training picture, beside the same
-distance for the held-out real pictures (new real pictures of the same world).
+Each caption is generated once at ``--steps`` (20) with the model's default guidance and sampler
+(or ``--guidance``, ``--sampler``), image i seeded ``--sample-seed + i``. The recogniser
+(``kuosan.metrics.emoji``, trained on every real picture, cached) scores each image: top-1/top-5
+concept (tone and gender variants are one concept), style, skin tone (over captions with a tone)
+and gender (over captions of a woman/man/person). Memorisation is measured in pixel space: the
+L2 distance (pixel values in 0..1, over 3·32·32 values) from each sample to its nearest training
+picture, beside the same distance for the held-out real pictures (new real pictures of the same
+world).
 
     OMP_NUM_THREADS=2 python3 benchmarks/emoji_probe.py --model /work/runs/emoji-32
     python3 benchmarks/emoji_probe.py --validate      # the recogniser on augmented real pictures
@@ -57,6 +58,7 @@ from kuosan.metrics.emoji import (
     score,
     summarise,
 )
+from kuosan.samplers import SAMPLERS
 
 GROUPS = {"seen": 128, "held-out style": 128, "held-out tone": 64}
 TARGETS = [  # (group, figure, at least %)
@@ -134,10 +136,11 @@ def checkpoint_step(path: Path | None) -> int | None:
         return None
 
 
-def generate(pipe, captions: list[str], steps: int, guidance: float | None, seed: int) -> torch.Tensor:
+def generate(pipe, captions: list[str], steps: int, guidance: float | None, seed: int,
+             sampler: str | None = None) -> torch.Tensor:
     """(N, 3, H, W) uint8 samples, image i seeded ``seed + i``, in batches of 32."""
     return to_uint8(list(pipe.generate(captions, num_inference_steps=steps, guidance_scale=guidance,
-                                       seed=seed, batch_size=32)))
+                                       seed=seed, sampler=sampler, batch_size=32)))
 
 
 def memorisation(samples: torch.Tensor, groups: np.ndarray, pictures: torch.Tensor,
@@ -174,7 +177,7 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
     groups = np.array([g for g in draws for _ in draws[g]])
     captions = [entries[i].caption for i in order]
     start = time.perf_counter()
-    samples = generate(pipe, captions, args.steps, args.guidance, args.sample_seed)
+    samples = generate(pipe, captions, args.steps, args.guidance, args.sample_seed, args.sampler)
     gen_s = time.perf_counter() - start
     labels, _, _ = entry_labels(entries, recogniser.config.styles, recogniser.config.concepts)
     hits = score(recogniser, samples, {k: v[order] for k, v in labels.items()})
@@ -190,12 +193,13 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
         mem["held-out style % nearest is own concept"] = 100 * float(np.mean(own))
     edits, edit_grid = editing(pipe, recogniser, pictures, entries, labels, styles, args.editing,
                                args.seed, args.sample_seed, args.steps, args.guidance)
-    fids = fid_per_style(lambda caps, s: generate(pipe, caps, args.steps, args.guidance, s),
+    fids = fid_per_style(lambda caps, s: generate(pipe, caps, args.steps, args.guidance, s,
+                                                  args.sampler),
                          pictures, entries, styles, args.fid, args.seed,
                          args.sample_seed + 100_000) if args.fid else {}
     guidance = pipe.default_guidance if args.guidance is None else args.guidance
     return {"model": str(args.model), "step": step, "steps": args.steps,
-            "guidance": guidance, "sampler": pipe.default_sampler, "seed": args.seed,
+            "guidance": guidance, "sampler": args.sampler or pipe.default_sampler, "seed": args.seed,
             "sample_seed": args.sample_seed, "styles": list(styles), "groups": rows,
             "memorisation": mem, "editing": edits, "fid": fids, "generate_seconds": round(gen_s, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -366,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-seed", type=int, default=1000, help="image i is seeded this + i")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=None, help="default: the model's own")
+    p.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
+                   help="of the captions' samples and FID (default: the model's own); the "
+                   "edits keep their own")
     p.add_argument("--counts", type=counts_arg, default=GROUPS, metavar="GROUP=N,…",
                    help="captions per group (default seen=128,held-out_style=128,held-out_tone=64)")
     p.add_argument("--styles", default=None, help="the model's styles, comma-separated "

@@ -230,6 +230,10 @@ def test_build_is_deterministic_cached_and_invalidated(
         assert torch.equal(a, c) and caps_a == caps_c
         with pytest.raises(AssertionError, match="rendered although cached"):
             build_emoji(32, sources=sources, cache_dir=tmp_path / "a", progress=False)
+    tensors = next((tmp_path / "a").glob("*.safetensors"))  # a damaged cache is rebuilt
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    e, caps_e, _ = build_emoji(16, sources=sources, cache_dir=tmp_path / "a", progress=False)
+    assert torch.equal(a, e) and caps_a == caps_e and tensors.stat().st_size > 100
     # a changed source file: a new key, new pictures
     apple = sources.styles["flat"] / "1f34e.png"
     _write_png(apple, (0, 0, 72, 36), (0, 200, 0))
@@ -368,6 +372,31 @@ def test_load_dataset_emojiworld(sources: EmojiSources, tmp_path: Path,
                           ({"channels": 1}, "RGB")):
         with pytest.raises(KuosanError, match=match):
             load_dataset("emojiworld", **kwargs)
+
+
+def test_emojiworld_scenes_are_cached_and_rebuilt_when_damaged(
+        sources: EmojiSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from kuosan import data
+    from kuosan.data import emoji_scenes
+
+    monkeypatch.setattr(emoji, "find_sources", lambda: sources)
+    monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "EMOJIWORLD_ITEMS", 12)
+    first = load_dataset("emojiworld", size=32)
+    cached = sorted((tmp_path / "cache" / "emoji").glob("emojiworld-*"))
+    assert [p.suffix for p in cached] == [".json", ".safetensors"]
+    built = []
+    real = emoji_scenes.make_scene_dataset
+    monkeypatch.setattr(emoji_scenes, "make_scene_dataset",
+                        lambda *a, **k: built.append(1) or real(*a, **k))
+    again = load_dataset("emojiworld", size=32)
+    assert not built and again.captions == first.captions
+    assert torch.equal(again.items, first.items)
+    cached[1].write_bytes(cached[1].read_bytes()[:100])  # a damaged file is rebuilt
+    rebuilt = load_dataset("emojiworld", size=32)
+    assert built == [1] and torch.equal(rebuilt.items, first.items)
+    load_dataset("emojiworld", size=32, seed=1)  # another seed: another file
+    assert len(list((tmp_path / "cache" / "emoji").glob("emojiworld-*.json"))) == 2
 
 
 def test_training_on_emojiworld_records_styles_and_captions(

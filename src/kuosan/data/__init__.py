@@ -187,15 +187,15 @@ def _image_dataset(
 def _emojiworld(size: int | None, channels: int | None, seed: int,
                 styles: tuple[str, ...] | None) -> ArrayDataset:
     from kuosan.data.emoji import DEFAULT_STYLES, catalogue_pictures
-    from kuosan.data.emoji_scenes import make_scene_dataset
+    from kuosan.data.emoji_scenes import cached_scene_dataset
 
     side = size if size is not None else 64
     if side % 16 or not 32 <= side <= 128:
         raise KuosanError(f"EmojiWorld scenes are 32..128 pixels, a multiple of 16; got size={side}")
     if channels == 1:
         raise KuosanError("EmojiWorld scenes are RGB: channels=1 does not apply")
-    pictures, entries, _ = catalogue_pictures(side, styles or DEFAULT_STYLES)
-    items, captions, _ = make_scene_dataset(EMOJIWORLD_ITEMS, pictures, entries, side, seed)
+    pictures, entries, key = catalogue_pictures(side, styles or DEFAULT_STYLES)
+    items, captions = cached_scene_dataset(EMOJIWORLD_ITEMS, pictures, entries, key, side, seed)
     ds = _image_dataset("emojiworld", items)
     ds.captions = captions
     return ds
@@ -230,6 +230,7 @@ def load_dataset(
     - "emojiworld": 20,000 EmojiWorld scenes (docs/emoji-scenes.md; two or three emoji with
       positions and relations, RGB, `size` 32..128 a multiple of 16, default 64) drawn with
       `seed` from the emoji pictures of `styles`, held-out pairs excluded, captions in `.captions`;
+      cached beside the emoji pictures after the first build;
     - "moons", "swissroll", "gaussians": 20,000 2-D points drawn with `seed`, standardised
       (`size`/`channels` do not apply and raise);
     - anything else is a folder of images (recursive; .png .jpg .jpeg .webp .bmp), resized

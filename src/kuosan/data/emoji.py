@@ -47,6 +47,7 @@ import numpy as np
 import PIL
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
@@ -401,7 +402,7 @@ def catalogue_pictures(
             entries = [EmojiEntry.from_dict(d) for d in meta["entries"]]
             if len(entries) == len(pictures):
                 return pictures, entries, key
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
             pass  # a damaged cache is rebuilt below
     entries = [e for e in _catalogue(opened, sources) if held_out or not e.held_out]
     pictures = _draw(opened, entries, size, progress)

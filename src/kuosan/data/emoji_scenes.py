@@ -37,25 +37,35 @@ pairs, for the scorer's held-out group.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from kuosan.data.emoji import TONES, EmojiEntry, without_tone
 from kuosan.data.shapes import POSITIONS
+from kuosan.defaults import cache_folder
 from kuosan.errors import KuosanError
+from kuosan.images import _atomic_write
 
 __all__ = [
     "KIND_WEIGHTS",
     "PAIR_MODULUS",
     "RELATIONS",
+    "SCENES_VERSION",
     "Placed",
     "Scene",
+    "cached_scene_dataset",
     "format_caption",
     "is_held_out_pair",
     "make_scene_dataset",
@@ -64,6 +74,7 @@ __all__ = [
     "scene_concepts",
 ]
 
+SCENES_VERSION = 1  # of the grammar, geometry and drawing: a change rebuilds cached scenes
 Kind = Literal["single", "pair", "row"]
 Holdout = Literal["exclude", "only"]
 KIND_WEIGHTS: dict[str, float] = {"single": 0.2, "pair": 0.6, "row": 0.2}
@@ -253,3 +264,29 @@ def make_scene_dataset(
         captions.append(format_caption(scene, entries))
         scenes.append(scene)
     return items, captions, scenes
+
+
+def cached_scene_dataset(n: int, pictures: torch.Tensor, entries: Sequence[EmojiEntry],
+                         data_key: str, size: int = 64, seed: int = 0,
+                         cache_dir: Path | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The training scenes of :func:`make_scene_dataset` (items, captions), cached as
+    ``emojiworld-KEY.safetensors`` + ``.json`` beside the emoji pictures. KEY hashes the emoji
+    data's key (``data_key``, from ``catalogue_pictures``), n, size, seed and
+    :data:`SCENES_VERSION`; a damaged file is rebuilt (atomic writes)."""
+    meta = {"data": data_key, "n": n, "size": size, "seed": seed, "version": SCENES_VERSION}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(cache_dir) if cache_dir is not None else cache_folder("emoji")
+    tensor_path, json_path = folder / f"emojiworld-{key}.safetensors", folder / f"emojiworld-{key}.json"
+    try:
+        items = load_safetensors(tensor_path.read_bytes())["items"]
+        captions = json.loads(json_path.read_text(encoding="utf-8"))["captions"]
+        if items.shape == (n, 3, size, size) and len(captions) == n:
+            return items, captions
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        pass  # missing or damaged: built below
+    items, captions, _ = make_scene_dataset(n, pictures, entries, size, seed)
+    data = save_safetensors({"items": items.contiguous()})
+    _atomic_write(tensor_path, lambda f: f.write(data))
+    text = json.dumps(meta | {"captions": captions}, ensure_ascii=False)
+    _atomic_write(json_path, lambda f: f.write(text.encode("utf-8")))
+    return items, captions
