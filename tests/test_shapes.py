@@ -31,6 +31,7 @@ from kuosan.data.shapes import (
 from kuosan.errors import KuosanError
 from kuosan.metrics.shapes import (
     attribute_accuracy,
+    dilate,
     find_objects,
     flood_fill_components,
     parse,
@@ -97,6 +98,17 @@ def test_flood_fill_matches_scipy_labels():
         labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
         theirs = sorted(tuple(map(tuple, np.argwhere(labels == i))) for i in range(1, n + 1))
         assert ours == theirs
+
+
+def test_dilate_is_the_square_neighbourhood():
+    rng = np.random.default_rng(3)
+    for reach in (1, 2):
+        mask = rng.random((12, 15)) < 0.05
+        grown = dilate(mask, reach)
+        for y, x in np.ndindex(mask.shape):  # out[y, x] = any(mask within reach, both axes)
+            near = mask[max(y - reach, 0):y + reach + 1, max(x - reach, 0):x + reach + 1]
+            assert grown[y, x] == near.any()
+    assert not dilate(np.zeros((4, 4), dtype=bool)).any()
 
 
 # --- the scorer rejects mismatched captions --------------------------------------------------

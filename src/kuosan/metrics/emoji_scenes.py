@@ -35,7 +35,7 @@ from kuosan.data.emoji_scenes import COUNTS, RELATIONS
 from kuosan.data.shapes import CELL_NAMES, POSITIONS
 from kuosan.errors import KuosanError
 from kuosan.metrics.emoji import Recogniser, entry_labels
-from kuosan.metrics.shapes import components
+from kuosan.metrics.shapes import components, dilate
 
 __all__ = ["SceneScore", "SceneSpec", "concept_index", "find_emoji", "parse", "read_boxes",
            "score_scene", "summarise_scenes"]
@@ -104,15 +104,8 @@ def find_emoji(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
                           f"{pixels.shape}")
     size = min(pixels.shape[:2])
     ink = (255 - pixels.min(axis=2).astype(np.int16)) > INK
-    reach = max(1, round(size / 64))
-    padded = np.pad(ink, reach)
-    grown = np.zeros_like(ink)
-    h, w = ink.shape
-    for dy in range(2 * reach + 1):
-        for dx in range(2 * reach + 1):
-            grown |= padded[dy:dy + h, dx:dx + w]
     boxes = []
-    for comp in components(grown):
+    for comp in components(dilate(ink, max(1, round(size / 64)))):
         rr, cc = comp.T
         inside = ink[rr, cc]
         if inside.sum() < (size / 16) ** 2:

@@ -226,6 +226,18 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
     return [np.argwhere(labels == i) for i in range(1, n + 1)]
 
 
+def dilate(mask: np.ndarray, reach: int = 1) -> np.ndarray:
+    """A 2-D bool mask grown by ``reach`` pixels in all 8 directions: out[y, x] = any(mask over
+    the (2·reach + 1)² square centred on (y, x))."""
+    padded = np.pad(mask, reach)
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for dy in range(2 * reach + 1):
+        for dx in range(2 * reach + 1):
+            out |= padded[dy:dy + h, dx:dx + w]
+    return out
+
+
 def _overlap(n: int, a: float, b: float) -> np.ndarray:
     """Length of [c, c+1) ∩ [a, b] for pixels c = 0..n-1."""
     c = np.arange(n)
@@ -318,11 +330,8 @@ def find_objects(image: Image.Image | np.ndarray) -> tuple[str | None, tuple[Fou
             r0, r1 = max(rr.min() - 1, 0), min(rr.max() + 2, height)
             c0, c1 = max(cc.min() - 1, 0), min(cc.max() + 2, width)
             grown = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-            for dr in (-1, 0, 1):  # the component grown by one pixel (8 neighbours)
-                for dc in (-1, 0, 1):
-                    r, c = rr - r0 + dr, cc - c0 + dc
-                    keep = (r >= 0) & (r < grown.shape[0]) & (c >= 0) & (c < grown.shape[1])
-                    grown[r[keep], c[keep]] = True
+            grown[rr - r0, cc - c0] = True
+            grown = dilate(grown)  # the component grown by one pixel (8 neighbours)
             alpha = np.where(grown, alpha_all[r0:r1, c0:c1, ci], 0.0)
             area = float(alpha.sum())
             if area < MIN_AREA * k * k:
@@ -400,5 +409,5 @@ def attribute_accuracy(results: list[ScoreResult]) -> dict[str, float]:
 
 __all__ = [
     "ATTRIBUTES", "Found", "ScoreResult", "attribute_accuracy", "classify_shape", "components",
-    "find_objects", "flood_fill_components", "parse", "score", "shape_features",
+    "dilate", "find_objects", "flood_fill_components", "parse", "score", "shape_features",
 ]
