@@ -204,6 +204,9 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
             "memorisation": mem, "editing": edits, "fid": fids, "generate_seconds": round(gen_s, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "targets": check_targets(rows),
+            "per_caption": [{"caption": c, "group": str(g), **{k: bool(hits[k][j])
+                             for k in ("top1", "top5", "style")}}
+                            for j, (c, g) in enumerate(zip(captions, groups, strict=True))],
             "_grid": (samples, pictures[order], groups, captions), "_edit_grid": edit_grid}
 
 
