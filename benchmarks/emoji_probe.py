@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import subprocess
 import sys
 import time
@@ -210,14 +211,33 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
             "_grid": (samples, pictures[order], groups, captions), "_edit_grid": edit_grid}
 
 
+def wilson_interval(percent: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % score interval (%) of a proportion p seen in n trials:
+    (p + z²/2n ± z·√(p(1−p)/n + z²/4n²)) / (1 + z²/n)."""
+    p = percent / 100
+    centre, scale = p + z * z / (2 * n), 1 + z * z / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return 100 * (centre - half) / scale, 100 * (centre + half) / scale
+
+
 def check_targets(rows: dict[str, dict[str, float]]) -> list[dict]:
-    """Each target with its figure and PASS/FAIL (a missing or NaN figure fails)."""
+    """Each target with its figure and PASS/FAIL (a missing or NaN figure fails), and for the
+    figures over all of a group's captions (top1, top5, style) their 95 % interval."""
     out = []
     for group, key, bound in TARGETS:
         value = rows.get(group, {}).get(key, float("nan"))
         ok = bool(value >= bound)  # NaN >= bound is False
-        out.append({"target": f"{group} {key} >= {bound:g} %", "value": value, "pass": ok})
+        target = {"target": f"{group} {key} >= {bound:g} %", "value": value, "pass": ok}
+        n = rows.get(group, {}).get("n", 0)
+        if key in ("top1", "top5", "style") and n and not math.isnan(value):
+            target["interval"] = wilson_interval(value, n)
+        out.append(target)
     return out
+
+
+def target_line(t: dict) -> str:
+    interval = f" (95 % interval {t['interval'][0]:.1f}–{t['interval'][1]:.1f})" if "interval" in t else ""
+    return f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}{interval}"
 
 
 def table(rows: dict[str, dict[str, float]], first: str) -> list[str]:
@@ -288,8 +308,7 @@ def write_report(result: dict, tag: str, command: str) -> Path:
              *[f"| {k} | {v:.2f} |" for k, v in result["memorisation"].items()], "",
              *edit_lines(result.get("editing", {}), edit_picture),
              *fid_lines(result.get("fid", {})),
-             "Targets:", "", *[f"- {'PASS' if t['pass'] else 'FAIL'} {t['target']}: {t['value']:.1f}"
-                               for t in result["targets"]], "",
+             "Targets:", "", *map(target_line, result["targets"]), "",
              f"![real (top) and sampled (bottom) for each group]({stem.name}_grid.png)", "",
              (f"*Rows in pairs, per group ({', '.join(result['groups'])}): the real picture "
               "the caption names, then the sample.*")]

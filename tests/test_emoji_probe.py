@@ -172,6 +172,10 @@ def test_report_structure_targets_and_history(probe, tmp_path, monkeypatch):
     groups = {"seen": row, "held-out style": {**row, "top5": 25.0}, "held-out tone": row}
     targets = probe.check_targets(groups)
     assert [t["pass"] for t in targets] == [True, False, True, False]  # NaN gender fails
+    assert "interval" in targets[1] and "interval" not in targets[2]  # top5 has n, tone not
+    assert probe.wilson_interval(50.0, 100) == pytest.approx((40.38, 59.62), abs=0.01)
+    low, high = probe.wilson_interval(0.0, 20)  # never a negative bound, unlike p ± 1.96·se
+    assert low == pytest.approx(0.0, abs=1e-9) and high == pytest.approx(16.11, abs=0.01)
     samples = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
     result = {"model": "tiny", "step": 200, "steps": 20, "guidance": 3.0, "sampler": "dpmpp_2m",
               "seed": 19, "sample_seed": 1000, "styles": ["flat", "glossy"], "groups": groups,
@@ -181,7 +185,9 @@ def test_report_structure_targets_and_history(probe, tmp_path, monkeypatch):
                                                    + ["held-out tone"] * 4), ["c"] * 12)}
     md = probe.write_report(result, "t", "python3 benchmarks/emoji_probe.py --model tiny").read_text()
     assert "| seen | 4 | 50.0 | 100.0 | 75.0 | 100.0 | nan |" in md
-    assert "- PASS seen top5 >= 80 %: 100.0" in md and "- FAIL held-out style top5 >= 50 %: 25.0" in md
+    assert "- PASS seen top5 >= 80 %: 100.0 (95 % interval 51.0–100.0)" in md
+    assert "- FAIL held-out style top5 >= 50 %: 25.0 (95 % interval 4.6–69.9)" in md
+    assert "- PASS seen tone >= 70 %: 100.0\n" in md
     assert (tmp_path / "emoji_probe_t_grid.png").is_file()
     assert json.loads((tmp_path / "emoji_probe_t.json").read_text())["step"] == 200
     probe.append_history(result, "cmd", tmp_path / "h.jsonl")
@@ -259,3 +265,35 @@ def test_the_everyday_group_takes_every_seen_picture_of_its_names(probe):
                entry((0x1F600,), "smirking face", "flat")]
     assert probe.everyday_captions(entries, ("flat", "glossy")) == [0, 1]
     assert len(probe.EVERYDAY) == len(set(probe.EVERYDAY)) == 83
+
+
+def test_compare_probes_pairs_captions_and_tests_the_discordant_ones(tmp_path, capsys):
+    compare = next(benchmark_module("compare_probes"))
+    from scipy.stats import binomtest
+
+    for a, b in ((0, 0), (3, 0), (5, 9), (12, 30)):  # exact McNemar = the two-sided sign test
+        expected = 1.0 if a + b == 0 else binomtest(a, a + b, 0.5).pvalue
+        assert compare.mcnemar_exact(a, b) == pytest.approx(expected)
+    rows = [{"caption": f"c{i}", "group": "seen" if i < 10 else "everyday"} for i in range(14)]
+    right_a = [True] * 8 + [False] * 2 + [True, False, False, False]
+    right_b = [True] * 5 + [False] * 3 + [True] * 2 + [True, True, True, False]
+    paths = []
+    for name, right in (("a", right_a), ("b", right_b)):
+        report = {"per_caption": [r | {"top1": x, "top5": x, "style": x}
+                                  for r, x in zip(rows, right, strict=True)]}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    table = compare.paired(*(json.loads(p.read_text())["per_caption"] for p in paths), "top5")
+    assert table["seen"] | {"p": 0} == {"n": 10, "a": 80.0, "b": 70.0, "only_a": 3, "only_b": 2,
+                                        "p": 0}
+    assert table["everyday"]["only_b"] == 2 and table["everyday"]["p"] == 0.5
+    assert compare.main([str(p) for p in paths]) == 0
+    assert "| seen | 10 | 80.0 | 70.0 | 3 | 2 | 1.000 |" in capsys.readouterr().out
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"per_caption": [r | {"top5": True} for r in rows[:3]]}))
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"groups": {}}))
+    for bad, says in ((other, "different captions"), (old, "per_caption"),
+                      (tmp_path / "missing.json", "cannot read")):
+        assert compare.main([str(paths[0]), str(bad)]) == 2
+        assert says in capsys.readouterr().err
