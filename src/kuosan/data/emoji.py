@@ -38,10 +38,10 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import PIL
@@ -81,10 +81,14 @@ __all__ = [
     "frame_picture",
     "is_held_out",
     "item_groups",
+    "read_cached",
     "render_entries",
     "render_entry",
     "split_caption",
+    "write_cached",
 ]
+
+T = TypeVar("T")
 
 STYLES = ("flat", "glossy", "3d", "outline")
 DEFAULT_STYLES = ("flat", "glossy")
@@ -393,24 +397,42 @@ def catalogue_pictures(
     opened = _open_sources(styles, sources)
     key = _cache_key(opened, sources, size)
     folder = Path(cache_dir) if cache_dir is not None else cache_folder("emoji")
-    name = f"emoji-all-{key}" if held_out else f"emoji-{key}"
-    tensor_path, json_path = folder / f"{name}.safetensors", folder / f"{name}.json"
-    if tensor_path.is_file() and json_path.is_file():
-        try:
-            pictures = load_safetensors(tensor_path.read_bytes())["pictures"]
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-            entries = [EmojiEntry.from_dict(d) for d in meta["entries"]]
-            if len(entries) == len(pictures):
-                return pictures, entries, key
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
-            pass  # a damaged cache is rebuilt below
+    stem = folder / (f"emoji-all-{key}" if held_out else f"emoji-{key}")
+
+    def parse(pictures: torch.Tensor, meta: dict[str, Any]) -> list[EmojiEntry]:
+        entries = [EmojiEntry.from_dict(d) for d in meta["entries"]]
+        if len(entries) != len(pictures):
+            raise ValueError("pictures and entries disagree")
+        return entries
+
+    if (hit := read_cached(stem, "pictures", parse)) is not None:
+        return hit[0], hit[1], key
     entries = [e for e in _catalogue(opened, sources) if held_out or not e.held_out]
     pictures = _draw(opened, entries, size, progress)
-    data = save_safetensors({"pictures": pictures.contiguous()})
-    _atomic_write(tensor_path, lambda f: f.write(data))
-    meta = json.dumps({"entries": [e.to_dict() for e in entries]}, ensure_ascii=False)
-    _atomic_write(json_path, lambda f: f.write(meta.encode("utf-8")))
+    write_cached(stem, "pictures", pictures, {"entries": [e.to_dict() for e in entries]})
     return pictures, entries, key
+
+
+def read_cached(stem: Path, name: str,
+                parse: Callable[[torch.Tensor, Any], T]) -> tuple[torch.Tensor, T] | None:
+    """(tensor ``name`` of ``STEM.safetensors``, ``parse(tensor, JSON of STEM.json)``), or None
+    when a file is missing or damaged, or ``parse`` rejects it (ValueError, KeyError, TypeError):
+    the caller then builds it again and :func:`write_cached` replaces both files."""
+    try:
+        tensor = load_safetensors(stem.with_name(f"{stem.name}.safetensors").read_bytes())[name]
+        meta = json.loads(stem.with_name(f"{stem.name}.json").read_text(encoding="utf-8"))
+        return tensor, parse(tensor, meta)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        return None
+
+
+def write_cached(stem: Path, name: str, tensor: torch.Tensor, meta: dict[str, Any]) -> None:
+    """``STEM.safetensors`` (the tensor as ``name``) and ``STEM.json`` (``meta``), each written
+    atomically."""
+    data = save_safetensors({name: tensor.contiguous()})
+    _atomic_write(stem.with_name(f"{stem.name}.safetensors"), lambda f: f.write(data))
+    text = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    _atomic_write(stem.with_name(f"{stem.name}.json"), lambda f: f.write(text))
 
 
 def without_tone(code_points: tuple[int, ...]) -> tuple[int, ...]:

@@ -48,15 +48,11 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
-from kuosan.data.emoji import TONES, EmojiEntry, without_tone
+from kuosan.data.emoji import TONES, EmojiEntry, read_cached, without_tone, write_cached
 from kuosan.data.shapes import POSITIONS
 from kuosan.defaults import cache_folder
 from kuosan.errors import KuosanError
-from kuosan.images import _atomic_write
 
 __all__ = [
     "KIND_WEIGHTS",
@@ -275,18 +271,15 @@ def cached_scene_dataset(n: int, pictures: torch.Tensor, entries: Sequence[Emoji
     :data:`SCENES_VERSION`; a damaged file is rebuilt (atomic writes)."""
     meta = {"data": data_key, "n": n, "size": size, "seed": seed, "version": SCENES_VERSION}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(cache_dir) if cache_dir is not None else cache_folder("emoji")
-    tensor_path, json_path = folder / f"emojiworld-{key}.safetensors", folder / f"emojiworld-{key}.json"
-    try:
-        items = load_safetensors(tensor_path.read_bytes())["items"]
-        captions = json.loads(json_path.read_text(encoding="utf-8"))["captions"]
-        if items.shape == (n, 3, size, size) and len(captions) == n:
-            return items, captions
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
-        pass  # missing or damaged: built below
+    stem = (Path(cache_dir) if cache_dir is not None else cache_folder("emoji")) / f"emojiworld-{key}"
+
+    def parse(items: torch.Tensor, stored: dict) -> list[str]:
+        if items.shape != (n, 3, size, size) or len(stored["captions"]) != n:
+            raise ValueError("cached scenes of another shape")
+        return stored["captions"]
+
+    if (hit := read_cached(stem, "items", parse)) is not None:
+        return hit
     items, captions, _ = make_scene_dataset(n, pictures, entries, size, seed)
-    data = save_safetensors({"items": items.contiguous()})
-    _atomic_write(tensor_path, lambda f: f.write(data))
-    text = json.dumps(meta | {"captions": captions}, ensure_ascii=False)
-    _atomic_write(json_path, lambda f: f.write(text.encode("utf-8")))
+    write_cached(stem, "items", items, meta | {"captions": captions})
     return items, captions
