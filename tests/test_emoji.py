@@ -385,16 +385,19 @@ def test_emojiworld_scenes_are_cached_and_rebuilt_when_damaged(
     first = load_dataset("emojiworld", size=32)
     cached = sorted((tmp_path / "cache" / "emoji").glob("emojiworld-*"))
     assert [p.suffix for p in cached] == [".json", ".safetensors"]
-    built = []
+    built, drawn = [], []
     real = emoji_scenes.make_scene_dataset
     monkeypatch.setattr(emoji_scenes, "make_scene_dataset",
                         lambda *a, **k: built.append(1) or real(*a, **k))
-    again = load_dataset("emojiworld", size=32)
-    assert not built and again.captions == first.captions
+    real_pictures = emoji.catalogue_pictures
+    monkeypatch.setattr(emoji, "catalogue_pictures",
+                        lambda *a, **k: drawn.append(1) or real_pictures(*a, **k))
+    again = load_dataset("emojiworld", size=32)  # a hit reads neither the emoji pictures nor draws
+    assert not built and not drawn and again.captions == first.captions
     assert torch.equal(again.items, first.items)
     cached[1].write_bytes(cached[1].read_bytes()[:100])  # a damaged file is rebuilt
     rebuilt = load_dataset("emojiworld", size=32)
-    assert built == [1] and torch.equal(rebuilt.items, first.items)
+    assert built == [1] and drawn == [1] and torch.equal(rebuilt.items, first.items)
     load_dataset("emojiworld", size=32, seed=1)  # another seed: another file
     assert len(list((tmp_path / "cache" / "emoji").glob("emojiworld-*.json"))) == 2
 

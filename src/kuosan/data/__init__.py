@@ -186,7 +186,7 @@ def _image_dataset(
 
 def _emojiworld(size: int | None, channels: int | None, seed: int,
                 styles: tuple[str, ...] | None) -> ArrayDataset:
-    from kuosan.data.emoji import DEFAULT_STYLES, catalogue_pictures
+    from kuosan.data.emoji import DEFAULT_STYLES, catalogue_pictures, emoji_data_key
     from kuosan.data.emoji_scenes import cached_scene_dataset
 
     side = size if size is not None else 64
@@ -194,8 +194,9 @@ def _emojiworld(size: int | None, channels: int | None, seed: int,
         raise KuosanError(f"EmojiWorld scenes are 32..128 pixels, a multiple of 16; got size={side}")
     if channels == 1:
         raise KuosanError("EmojiWorld scenes are RGB: channels=1 does not apply")
-    pictures, entries, key = catalogue_pictures(side, styles or DEFAULT_STYLES)
-    items, captions = cached_scene_dataset(EMOJIWORLD_ITEMS, pictures, entries, key, side, seed)
+    styles = styles or DEFAULT_STYLES
+    items, captions = cached_scene_dataset(EMOJIWORLD_ITEMS, emoji_data_key(side, styles),
+                                           lambda: catalogue_pictures(side, styles)[:2], side, seed)
     ds = _image_dataset("emojiworld", items)
     ds.captions = captions
     return ds

@@ -78,6 +78,7 @@ __all__ = [
     "build_emoji",
     "caption_styles",
     "emoji_catalogue",
+    "emoji_data_key",
     "frame_picture",
     "is_held_out",
     "item_groups",
@@ -391,11 +392,8 @@ def catalogue_pictures(
     """(pictures (N, 3, size, size) uint8, their N catalogue entries, the data key): the training
     pictures, or with ``held_out`` every picture of the catalogue (scorers and benchmarks);
     cached as ``emoji[-all]-KEY.safetensors`` + ``.json`` (atomic writes, rebuilt when damaged)."""
-    _check_size(size)
-    styles = _check_styles(styles)
     sources = sources if sources is not None else find_sources()
-    opened = _open_sources(styles, sources)
-    key = _cache_key(opened, sources, size)
+    opened, key = _opened_and_key(size, styles, sources)
     folder = Path(cache_dir) if cache_dir is not None else cache_folder("emoji")
     stem = folder / (f"emoji-all-{key}" if held_out else f"emoji-{key}")
 
@@ -411,6 +409,20 @@ def catalogue_pictures(
     pictures = _draw(opened, entries, size, progress)
     write_cached(stem, "pictures", pictures, {"entries": [e.to_dict() for e in entries]})
     return pictures, entries, key
+
+
+def _opened_and_key(size: int, styles: Sequence[str],
+                    sources: EmojiSources) -> tuple[dict[str, Source], str]:
+    _check_size(size)
+    opened = _open_sources(_check_styles(styles), sources)
+    return opened, _cache_key(opened, sources, size)
+
+
+def emoji_data_key(size: int = 32, styles: Sequence[str] = DEFAULT_STYLES,
+                   sources: EmojiSources | None = None) -> str:
+    """The data key of :func:`catalogue_pictures` without drawing or reading any picture: what
+    caches built from the pictures (EmojiWorld's scenes) are keyed by."""
+    return _opened_and_key(size, styles, sources if sources is not None else find_sources())[1]
 
 
 def read_cached(stem: Path, name: str,

@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -262,13 +262,15 @@ def make_scene_dataset(
     return items, captions, scenes
 
 
-def cached_scene_dataset(n: int, pictures: torch.Tensor, entries: Sequence[EmojiEntry],
-                         data_key: str, size: int = 64, seed: int = 0,
+def cached_scene_dataset(n: int, data_key: str,
+                         pictures: Callable[[], tuple[torch.Tensor, Sequence[EmojiEntry]]],
+                         size: int = 64, seed: int = 0,
                          cache_dir: Path | None = None) -> tuple[torch.Tensor, list[str]]:
     """The training scenes of :func:`make_scene_dataset` (items, captions), cached as
     ``emojiworld-KEY.safetensors`` + ``.json`` beside the emoji pictures. KEY hashes the emoji
-    data's key (``data_key``, from ``catalogue_pictures``), n, size, seed and
-    :data:`SCENES_VERSION`; a damaged file is rebuilt (atomic writes)."""
+    data's key (``data_key``: ``emoji_data_key``), n, size, seed and :data:`SCENES_VERSION`;
+    ``pictures()`` (the emoji pictures and their entries) is called only to build the scenes;
+    a damaged file is rebuilt (atomic writes)."""
     meta = {"data": data_key, "n": n, "size": size, "seed": seed, "version": SCENES_VERSION}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
     stem = (Path(cache_dir) if cache_dir is not None else cache_folder("emoji")) / f"emojiworld-{key}"
@@ -280,6 +282,6 @@ def cached_scene_dataset(n: int, pictures: torch.Tensor, entries: Sequence[Emoji
 
     if (hit := read_cached(stem, "items", parse)) is not None:
         return hit
-    items, captions, _ = make_scene_dataset(n, pictures, entries, size, seed)
+    items, captions, _ = make_scene_dataset(n, *pictures(), size, seed)
     write_cached(stem, "items", items, meta | {"captions": captions})
     return items, captions
