@@ -44,6 +44,23 @@ def train_tiny_text(config: TrainConfig, out, resume: bool = False) -> None:
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def bag_of_words_embed(vocab: list[str], same: dict[str, str]):
+    """A stand-in for MiniLM: each text as the bag of its words of ``vocab`` (a word of ``same``
+    counts as its synonym), L2-normalised; a text with none of them gets an "other" column of
+    its own."""
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        rows = torch.zeros(len(texts), len(vocab) + 1)
+        for i, t in enumerate(texts):
+            for w in t.replace(",", " ").split():
+                if same.get(w, w) in vocab:
+                    rows[i, vocab.index(same.get(w, w))] += 1
+            rows[i, -1] = float(rows[i].sum() == 0)
+        return torch.nn.functional.normalize(rows, dim=-1)
+
+    return embed
+
+
 def benchmark_module(name: str) -> Iterator[ModuleType]:
     """benchmarks/NAME.py loaded as module NAME for a fixture to yield (registered in
     sys.modules while it is in use: dataclasses look their module up by name)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from conftest import bag_of_words_embed
 
 from kuosan import Pipeline
 from kuosan.checkpoint import load_captions
@@ -22,17 +22,7 @@ VOCAB = ["fire", "engine", "truck", "dog", "puppy", "cat", "face", "kitty", "piz
          "woman", "firefighter", "thumbs", "up"]
 
 
-def stub_embed(texts: list[str]) -> torch.Tensor:
-    """Bag of the words of VOCAB, synonyms sharing a column, other words ignored (a text with
-    none of them gets an "other" column of its own): a stand-in for MiniLM."""
-    same = {"truck": "engine", "puppy": "dog", "kitty": "cat"}
-    rows = torch.zeros(len(texts), len(VOCAB) + 1)
-    for i, t in enumerate(texts):
-        for w in t.replace(",", " ").split():
-            if same.get(w, w) in VOCAB:
-                rows[i, VOCAB.index(same.get(w, w))] += 1
-        rows[i, -1] = float(rows[i].sum() == 0)
-    return torch.nn.functional.normalize(rows, dim=-1)
+stub_embed = bag_of_words_embed(VOCAB, {"truck": "engine", "puppy": "dog", "kitty": "cat"})
 
 
 @pytest.fixture()

@@ -22,6 +22,8 @@ alternatives (`candidates`), what was mapped (`notes`), or the text unchanged wi
   model trained on a captioned folder: its `captions.json`).
 - `kuosan.enhance_emoji.EmojiLanguage`: an emoji model's names and styles, composed: style
   words and skin tones are taken out, the rest matched to a name.
+- `kuosan.enhance_scenes.SceneLanguage`: an EmojiWorld model's scenes: the layout read from
+  relation, place and list words, each thing matched to a name, the style taken out.
 
 Visual feedback (`best_candidate`, `generate_with_feedback`): k pictures from the top rewrites
 and seeds, each scored by a reward that reads pictures (`shapes_reward`: the ShapesWorld
@@ -56,20 +58,23 @@ Embed = Callable[[list[str]], Tensor]  # texts -> (N, D), rows L2-normalised
 class MiniLMEmbed:
     """Sentence embeddings e(text) = normalise(mean of token states) of the frozen
     all-MiniLM-L6-v2 (`kuosan.models.text.MiniLMEncoder`), loaded on the first call; each
-    distinct text is encoded once."""
+    distinct text is encoded once, ``chunk`` texts at a time (memory stays small for the
+    20,000 captions of a scene model)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk: int = 256) -> None:
         self._encoder: Any = None
         self._cache: dict[str, Tensor] = {}
+        self.chunk = chunk
 
     def __call__(self, texts: list[str]) -> Tensor:
         todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if todo:
-            if self._encoder is None:
-                from kuosan.models.text import MiniLMEncoder
+        if todo and self._encoder is None:
+            from kuosan.models.text import MiniLMEncoder
 
-                self._encoder = MiniLMEncoder()
-            for t, v in zip(todo, self._encoder.encode(todo).pooled.float(), strict=True):
+            self._encoder = MiniLMEncoder()
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start:start + self.chunk]
+            for t, v in zip(part, self._encoder.encode(part).pooled.float(), strict=True):
                 self._cache[t] = v
         return torch.stack([self._cache[t] for t in texts])
 
@@ -108,7 +113,8 @@ def enhance_prompt(text: str, language: CaptionLanguage | None = None) -> str:
 def language_for(pipe: Any) -> CaptionLanguage:
     """The caption language of a loaded `Pipeline`: ShapesWorld's grammar for a model trained
     on it; for an emoji model, `kuosan.enhance_emoji.EmojiLanguage` over its training captions;
-    for any other text model with a ``captions.json``, `CaptionSet` of those captions."""
+    for an EmojiWorld model, `kuosan.enhance_scenes.SceneLanguage`; for any other text model
+    with a ``captions.json``, `CaptionSet` of those captions."""
     from kuosan.checkpoint import load_captions
 
     data = getattr(pipe.info, "name", None)
@@ -123,6 +129,10 @@ def language_for(pipe: Any) -> CaptionLanguage:
         from kuosan.enhance_emoji import EmojiLanguage
 
         return EmojiLanguage(captions)
+    if data == "emojiworld":
+        from kuosan.enhance_scenes import SceneLanguage
+
+        return SceneLanguage(captions)
     return CaptionSet(captions)
 
 

@@ -109,12 +109,12 @@ class EmojiLanguage:
                 return Rewrite(text, text, False, reason="already one of the model's captions")
             return Rewrite(text, words, True, (words,), ("lower case, spaces",))
         notes: list[str] = []
-        words, style = self._take_style(words, notes)
-        words, tone = self._take_tone(words, notes)
-        concept = self._strip(words)
+        words, style = self.take_style(words, notes)
+        words, tone = self.take_tone(words, notes)
+        concept = self.strip_fillers(words)
         if not concept:
             return Rewrite(text, text, False, reason="names no concept, only a style or tone")
-        ranked = self._concepts(concept, tone, notes)
+        ranked = self.rank_names(concept, tone, notes)
         if not ranked:
             return Rewrite(text, text, False, reason=f"no emoji name is near enough to {concept!r}"
                                                     f" (MiniLM cosine < {self.min_similarity:g})")
@@ -129,7 +129,7 @@ class EmojiLanguage:
                            reason="already one of the model's captions")
         return Rewrite(text, candidates[0], True, candidates, tuple(notes))
 
-    def _take_style(self, words: str, notes: list[str]) -> tuple[str, str | None]:
+    def take_style(self, words: str, notes: list[str]) -> tuple[str, str | None]:
         """The first style phrase found, taken out of ``words``; styles the model lacks dropped."""
         found: tuple[int, str, str] | None = None
         for style, synonyms in STYLE_WORDS.items():
@@ -149,7 +149,7 @@ class EmojiLanguage:
         return words, style
 
     @staticmethod
-    def _take_tone(words: str, notes: list[str]) -> tuple[str, str | None]:
+    def take_tone(words: str, notes: list[str]) -> tuple[str, str | None]:
         m = _TONE.search(words)
         if not m:
             return words, None
@@ -158,25 +158,33 @@ class EmojiLanguage:
         return " ".join((words[:m.start()] + " " + words[m.end():]).split()), tone
 
     @staticmethod
-    def _strip(words: str) -> str:
+    def strip_fillers(words: str) -> str:
         """``words`` less leading fillers ("a picture of", "draw me a") and trailing ones ("emoji")."""
         words = words.strip(" ,.:;")
         while (m := _LEAD.match(words)) and m.end():
             words = words[m.end():]
         return _TAIL.sub("", words).strip(" ,.:;")
 
-    def _concepts(self, concept: str, tone: str | None, notes: list[str]) -> list[str]:
+    def rank_names(self, concept: str, tone: str | None, notes: list[str]) -> list[str]:
         """Base names ranked for ``concept``: an exact name first, then the nearest by cosine."""
+        ranked = self.nearest(concept, tone)
+        if ranked and ranked[0][0] != concept:
+            notes.append(f"{concept} → {ranked[0][0]} (MiniLM cosine {ranked[0][1]:.2f})")
+        return [name for name, _ in ranked]
+
+    def nearest(self, concept: str, tone: str | None = None) -> list[tuple[str, float]]:
+        """(base name, cosine) of the ``top`` names nearest ``concept`` with cosine at least
+        ``min_similarity``, best first; an exact name alone, at cosine 1. With a tone, only
+        names drawn in skin tones."""
         pool = [b for b in self.bases if not tone or b in self.toned]
         if concept in pool:
-            return [concept]
+            return [(concept, 1.0)]
+        if not pool:
+            return []
         index = {b: i for i, b in enumerate(self.bases)}
         sims = self.matrix()[[index[b] for b in pool]] @ self.embedder()([concept])[0]
         order = torch.argsort(sims, descending=True)[:self.top].tolist()
-        ranked = [pool[i] for i in order if float(sims[i]) >= self.min_similarity]
-        if ranked:
-            notes.append(f"{concept} → {ranked[0]} (MiniLM cosine {float(sims[order[0]]):.2f})")
-        return ranked
+        return [(pool[i], float(sims[i])) for i in order if float(sims[i]) >= self.min_similarity]
 
     def embedder(self) -> Embed:
         if self._embed is None:

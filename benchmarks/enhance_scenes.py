@@ -1,0 +1,193 @@
+"""Prompt enhancement on EmojiWorld: does a free-form scene prompt become the scene it means?
+
+Each line of ``--prompts`` (default ``benchmarks/data/emojiworld_prompts.jsonl``, 46 prompts
+written after the mapping, before its first run) holds a free-form ``prompt``, its ``kind``
+(single, place, pair, row) and the ``captions`` that mean it (EmojiWorld's grammar,
+docs/emoji-scenes.md; more than one where the prompt leaves a choice, e.g. "next to" names no
+side; no style suffix where the prompt names no style: then any style counts).
+
+Two caption languages read the same training captions and rewrite every prompt:
+
+- **scene**: ``kuosan.enhance_scenes.SceneLanguage`` (what ``--enhance`` uses for an EmojiWorld
+  model): layout, things and style read apart;
+- **nearest caption**: ``kuosan.enhance.CaptionSet``, the training caption nearest in MiniLM
+  cosine (what ``--enhance`` gave an EmojiWorld model before).
+
+A rewrite is right when it means one of the prompt's captions: the same layout, names in the
+same order (a pair may also be written the other way round: "B to the right of A"), the same
+relation or place, and the same style where the caption names one.
+
+The training captions are those of ``--model``'s captions.json, or, without a model, those that
+``kuosan train --data emojiworld`` draws (20,000 scenes, seed 0; the emoji sources must be
+installed). Text only: no EmojiWorld model is trained yet, so no pictures are scored.
+
+    OMP_NUM_THREADS=2 python3 benchmarks/enhance_scenes.py --threads 2 \\
+        --report benchmarks/results/enhance_scenes
+
+``--report PATH`` writes ``PATH.json`` and ``PATH.md`` and appends one row to
+``benchmarks/results/enhance_scenes_history.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from history import run_meta, write_report
+
+from kuosan import KuosanError
+from kuosan.checkpoint import load_captions, resolve_model
+from kuosan.enhance import CaptionSet, MiniLMEmbed
+from kuosan.enhance_scenes import SceneLanguage
+from kuosan.metrics.emoji_scenes import parse
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT / "benchmarks" / "data" / "emojiworld_prompts.jsonl"
+KINDS = ("single", "place", "pair", "row")
+LANGUAGES = ("scene", "nearest caption")
+SCENES = 20_000  # what `kuosan train --data emojiworld` draws (kuosan.data.EMOJIWORLD_ITEMS)
+FLIP = {"to the right of": "to the left of", "below": "above"}
+
+
+def load_prompts(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise KuosanError(f"--prompts '{path}' does not exist")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for i, r in enumerate(rows, 1):
+        if (not isinstance(r.get("prompt"), str) or r.get("kind") not in KINDS
+                or not isinstance(r.get("captions"), list) or not r["captions"]):
+            raise KuosanError(f"{path}:{i}: needs a 'prompt', a 'kind' of {KINDS} and a list "
+                              f"of 'captions'")
+        for c in r["captions"]:
+            parse(c)  # each must be a caption of the grammar
+    return rows
+
+
+def meaning(caption: str) -> tuple | None:
+    """(kind, names, relation, place, style) of a scene caption, a pair written with its
+    relation's left/above form; None when it is not a caption of the grammar."""
+    try:
+        spec = parse(caption)
+    except KuosanError:
+        return None
+    names, relation = spec.names, spec.relation
+    if relation in FLIP:
+        names, relation = names[::-1], FLIP[relation]
+    return spec.kind, names, relation, spec.position, spec.style
+
+
+def means(rewrite: str, captions: list[str]) -> bool:
+    """Whether ``rewrite`` means one of ``captions`` (a caption without a style takes any)."""
+    got = meaning(rewrite)
+    if got is None:
+        return False
+    for caption in captions:
+        want = meaning(caption)
+        if want is not None and got[:4] == want[:4] and want[4] in (None, got[4]):
+            return True
+    return False
+
+
+def training_captions(model: str | None) -> list[str]:
+    if model is not None:
+        captions = load_captions(resolve_model(model))
+        if captions is None:
+            raise KuosanError(f"'{model}' has no captions.json")
+        return list(captions)
+    from kuosan.data.emoji import DEFAULT_STYLES, emoji_catalogue
+    from kuosan.data.emoji_scenes import format_caption, random_scene, scene_concepts
+
+    entries = [e for e in emoji_catalogue(styles=DEFAULT_STYLES) if not e.held_out]
+    concepts = scene_concepts(entries)
+    return [format_caption(random_scene(np.random.default_rng((0, i)), entries, concepts, 64),
+                           entries) for i in range(SCENES)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows = load_prompts(Path(args.prompts))
+    captions = training_captions(args.model)
+    embed = MiniLMEmbed()
+    languages = {"scene": SceneLanguage(captions, embed=embed),
+                 "nearest caption": CaptionSet(captions, embed=embed)}
+    seconds = {}
+    for name, lang in languages.items():
+        t0 = time.perf_counter()
+        lang.rewrite(rows[0]["prompt"])  # the names' or captions' embeddings, once
+        setup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for r in rows:
+            rw = lang.rewrite(r["prompt"])
+            r[name] = {"rewrite": rw.text, "right": means(rw.text, r["captions"]),
+                       "notes": list(rw.notes), "reason": rw.reason}
+        seconds[name] = {"setup": round(setup, 1),
+                         "per_prompt_ms": round(1000 * (time.perf_counter() - t0) / len(rows), 1)}
+    return {"model": args.model or f"kuosan train --data emojiworld's {SCENES} captions",
+            "training_captions": len(captions), "prompts": str(args.prompts), "rows": rows,
+            "table": table(rows), "seconds": seconds}
+
+
+def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per kind and overall: n and the % of rewrites that mean the prompt, per language."""
+    out = {}
+    for kind in (*KINDS, "all"):
+        sel = [r for r in rows if kind in ("all", r["kind"])]
+        if sel:
+            out[kind] = {"n": len(sel), **{name: 100 * float(np.mean([r[name]["right"] for r in sel]))
+                                          for name in LANGUAGES}}
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [(f"{len(result['rows'])} prompts ({result['prompts']}); both languages read the same "
+              f"{result['training_captions']} training captions ({result['model']}). Right = the "
+              f"rewrite means one of the prompt's captions (layout, names, relation or place, "
+              f"style where named)."), "",
+             "| kind | n | scene (%) | nearest caption (%) |", "|---|---|---|---|"]
+    for kind, r in result["table"].items():
+        lines.append(f"| {kind} | {r['n']} | {r['scene']:.1f} | {r['nearest caption']:.1f} |")
+    lines += ["", "Time: " + "; ".join(
+        f"{name}: {v['setup']} s to embed its names or captions, then {v['per_prompt_ms']} ms a "
+        f"prompt" for name, v in result["seconds"].items()) + ".", "",
+        "| prompt | meant | scene | nearest caption |", "|---|---|---|---|"]
+    mark = {True: "", False: " **(wrong)**"}
+    for r in result["rows"]:
+        cells = [r[name]["rewrite"] + mark[r[name]["right"]] for name in LANGUAGES]
+        lines.append(f"| {r['prompt']} | {' / '.join(r['captions'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="an EmojiWorld checkpoint (its captions.json); "
+                   "default: the captions `kuosan train --data emojiworld` draws")
+    p.add_argument("--prompts", default=str(PROMPTS))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--report", default=None, metavar="PATH", help="write PATH.json and PATH.md")
+    p.add_argument("--note", default="", help="what else was running (the report and history)")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = run_meta("enhance_scenes.py", argv, args.note)
+    try:
+        result = run(args)
+    except KuosanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    body = markdown(result)
+    print(body)
+    if args.report:
+        write_report(Path(args.report), "enhance_scenes", title="Prompt enhancement on EmojiWorld",
+                     meta=meta, data=result, body=body, model=result["model"],
+                     figures=result["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
