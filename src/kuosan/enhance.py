@@ -62,6 +62,8 @@ class MiniLMEmbed:
     20,000 captions of a scene model)."""
 
     def __init__(self, chunk: int = 256) -> None:
+        if not isinstance(chunk, int) or chunk < 1:
+            raise KuosanError(f"MiniLMEmbed's chunk must be a positive integer, got {chunk!r}")
         self._encoder: Any = None
         self._cache: dict[str, Tensor] = {}
         self.chunk = chunk

@@ -43,7 +43,7 @@ from kuosan.defaults import cache_folder
 from kuosan.enhance import Embed, MiniLMEmbed, Rewrite, _check_text
 from kuosan.errors import KuosanError
 
-__all__ = ["STYLE_WORDS", "EmojiLanguage"]
+__all__ = ["STYLE_WORDS", "EmojiLanguage", "normalise_prompt"]
 
 # words people use for an art style → the emoji style it names (kuosan.data.emoji.STYLES)
 STYLE_WORDS: dict[str, tuple[str, ...]] = {
@@ -60,6 +60,18 @@ _LEAD = re.compile(r"^(?:(?:please |can you )?(?:draw|show|make|paint|give)(?: m
                    r"illustration|sticker)s? of )\s*")
 _TAIL = re.compile(r"\s*\b(?:emoji|emojis|icon|icons|sticker|picture|image)$")
 _TONE_SUFFIX = re.compile(r"^(.*): ([a-z-]+) skin tone$")
+
+
+def normalise_prompt(text: str) -> str:
+    """Lower case, single spaces, a typographic apostrophe as ASCII, no end punctuation."""
+    return " ".join(_check_text(text).lower().replace("’", "'").split()).strip(" .!?;")
+
+
+def kept_as_typed(text: str, words: str) -> Rewrite:
+    """The rewrite of ``text`` that is already a caption once normalised (``words``)."""
+    if words == text:
+        return Rewrite(text, text, False, reason="already one of the model's captions")
+    return Rewrite(text, words, True, (words,), ("lower case, spaces",))
 
 
 def _style_pattern(word: str) -> re.Pattern[str]:
@@ -79,6 +91,9 @@ class EmojiLanguage:
         names = sorted({split_caption(c)[0] for c in captions})
         self.names = frozenset(names)
         self.bases = sorted({self._base(n) for n in names})  # names without a skin tone
+        self._plain = {b.replace("’", "'"): b for b in self.bases}  # as normalise_prompt types it
+        styled = "|".join(_style_pattern(w).pattern for ws in STYLE_WORDS.values() for w in ws)
+        self._styled_names = [b for b in self._plain if re.search(styled, b)]  # "flat shoe"
         self.toned = frozenset(self._base(n) for n in names if _TONE_SUFFIX.match(n))
         self.min_similarity, self.top = min_similarity, top
         self._embed = embed
@@ -102,12 +117,10 @@ class EmojiLanguage:
         return m.group(1) if m else name
 
     def rewrite(self, text: str) -> Rewrite:
-        words = " ".join(_check_text(text).lower().replace("’", "'").split()).strip(" .!?;")
+        words = normalise_prompt(text)
         name, style = split_caption(words)
         if name in self.names and (style is None or style in self.styles):
-            if words == text:
-                return Rewrite(text, text, False, reason="already one of the model's captions")
-            return Rewrite(text, words, True, (words,), ("lower case, spaces",))
+            return kept_as_typed(text, words)
         notes: list[str] = []
         words, style = self.take_style(words, notes)
         words, tone = self.take_tone(words, notes)
@@ -130,17 +143,26 @@ class EmojiLanguage:
         return Rewrite(text, candidates[0], True, candidates, tuple(notes))
 
     def take_style(self, words: str, notes: list[str]) -> tuple[str, str | None]:
-        """The first style phrase found, taken out of ``words``; styles the model lacks dropped."""
-        found: tuple[int, str, str] | None = None
+        """The first style phrase found outside the names it is part of ("flat shoe"), taken out
+        of ``words`` with every other style phrase; styles the model lacks dropped."""
+        inside = [m.span() for n in self._styled_names
+                  for m in re.finditer(rf"(?<![\w-]){re.escape(n)}(?![\w-])", words)]
+        found: list[tuple[int, int, str, str]] = []
         for style, synonyms in STYLE_WORDS.items():
             for word in synonyms:
-                m = _style_pattern(word).search(words)
-                if m and (found is None or m.start() < found[0]):
-                    found = (m.start(), style, word)
-        if found is None:
+                found += [(m.start(), m.end(), style, word) for m in _style_pattern(word).finditer(words)
+                          if not any(a <= m.start() and m.end() <= b for a, b in inside)]
+        if not found:
             return words, None
-        _, style, word = found
-        words = " ".join(_style_pattern(word).sub(" ", words).split())
+        found.sort()
+        _, _, style, word = found[0]
+        kept: list[tuple[int, int]] = []  # the phrases to take out, without overlaps
+        for start, end, _, _ in found:
+            if not kept or start >= kept[-1][1]:
+                kept.append((start, end))
+        for start, end in reversed(kept):
+            words = words[:start] + " " + words[end:]
+        words = " ".join(words.split())
         if style not in self.styles:
             notes.append(f"{word}: the model knows no {style} style ({', '.join(self.styles)}); "
                          f"dropped")
@@ -168,7 +190,7 @@ class EmojiLanguage:
     def rank_names(self, concept: str, tone: str | None, notes: list[str]) -> list[str]:
         """Base names ranked for ``concept``: an exact name first, then the nearest by cosine."""
         ranked = self.nearest(concept, tone)
-        if ranked and ranked[0][0] != concept:
+        if ranked and ranked[0][0].replace("’", "'") != concept.replace("’", "'"):
             notes.append(f"{concept} → {ranked[0][0]} (MiniLM cosine {ranked[0][1]:.2f})")
         return [name for name, _ in ranked]
 
@@ -177,8 +199,9 @@ class EmojiLanguage:
         ``min_similarity``, best first; an exact name alone, at cosine 1. With a tone, only
         names drawn in skin tones."""
         pool = [b for b in self.bases if not tone or b in self.toned]
-        if concept in pool:
-            return [(concept, 1.0)]
+        exact = self._plain.get(concept.replace("’", "'"))
+        if exact is not None and exact in pool:
+            return [(exact, 1.0)]
         if not pool:
             return []
         index = {b: i for i, b in enumerate(self.bases)}
