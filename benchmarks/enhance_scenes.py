@@ -171,8 +171,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds[name] = {"setup": round(setup, 1),
                          "per_prompt_ms": round(1000 * (time.perf_counter() - t0) / len(rows), 1)}
     return {"model": args.model or f"kuosan train --data emojiworld's {SCENES} captions",
-            "training_captions": len(captions), "prompts": str(args.prompts), "rows": rows,
+            "training_captions": len(captions), "prompts": _shown(Path(args.prompts)), "rows": rows,
             "table": table(rows), "seconds": seconds}
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
