@@ -59,6 +59,8 @@ def test_free_words_become_a_scene_caption(lang, typed, caption):
     ("a flat shoe below a dog, glossy", "a flat shoe below a dog, glossy style"),
     ("a côte d'ivoire flag at the top, flat", "a côte d’ivoire flag at the top, flat style"),
     ("a sunrise over mountains, flat", "a sunrise over mountains in the center, flat style"),
+    ("bottom right: a puppy, flat", "a dog at the bottom right, flat style"),
+    ("three emoji: a puppy, a kitty and a fox, flat", "a dog, a cat face and a fox face in a row, flat style"),
 ])
 def test_sides_names_with_layout_words_and_styles_inside_names(lang, typed, caption):
     """Who is where when the sides are named apart or by "its"; a name holding a separator
@@ -67,6 +69,12 @@ def test_sides_names_with_layout_words_and_styles_inside_names(lang, typed, capt
     rw = lang.rewrite(typed)
     assert rw.text == caption, rw.notes
     assert not any("→" in n for n in rw.notes if "côte" in n)  # an exact name, not a near one
+
+
+def test_a_leading_count_is_taken_out(lang):
+    rw = lang.rewrite("three emoji: a puppy, a kitty and a fox, flat")
+    assert "three emoji: taken out" in rw.notes
+    assert not any(n.startswith("three emoji") and "→" in n for n in rw.notes)
 
 
 def test_what_the_grammar_cannot_hold_comes_back_unchanged(lang):

@@ -18,9 +18,10 @@ POSITION" or "A in the center", each with ", STYLE style". A rewrite:
    "west of" → to the left of; "next to" and "beside" name no side: "to the left of"; "A, to
    its left B" puts B on the left); "A on the left and B on the right"; three things listed
    ("A, B and C", "A then B then C", with or without "side by side" or "in a row") as a row; two
-   listed as a pair side by side, in the order named; a place at the end ("in the upper-left
-   corner", "at the bottom of the picture") for a single emoji; a single thing with no place
-   goes in the center;
+   listed as a pair side by side, in the order named (a leading count, "three emoji:", is
+   taken out); a place at the end ("in the upper-left corner", "at the bottom of the picture")
+   or first ("bottom right: a banana") for a single emoji; a single thing with no place goes in
+   the center;
 3. **things**: each part, less fillers, is matched to an emoji name of the scenes, exactly or
    by MiniLM cosine (at least ``min_similarity``), as for single emoji. A part that still holds
    layout words (a relation, a place, a list) is not a thing unless it is a name exactly, so
@@ -83,6 +84,9 @@ _BY_SIDES = re.compile(r"^(.+?),?\s+(?:on|at) the (left|right|top|bottom)(?: sid
 _PLACE = re.compile(r"(?:,\s*|\s+(?:at|in|on|to|near)\s+(?:the\s+)?)(?P<place>"
                     + _alternatives(list(PLACE_WORDS)) + r")(?:\s+(?:corner|side|edge|part|area))?"
                     r"(?:\s+of\s+(?:the\s+)?(?:picture|image|canvas|frame|scene))?$")
+_PLACE_FIRST = re.compile(r"^(?:(?:at|in|on) (?:the )?)?(?P<place>" + _alternatives(list(PLACE_WORDS))
+                          + r")(?:\s+(?:corner|side))?\s*:\s*")  # "bottom right: a banana"
+_COUNT = re.compile(r"^(?:two|three|2|3)\s+(?:emojis?|things|objects|pictures|icons)\s*:\s*")
 _RELATION = re.compile(r"\s+(?P<rel>" + _alternatives(list(RELATION_WORDS)) + r")\s+")
 _LAYOUT = re.compile(r"(?:^|\s)(?:" + _alternatives(list(RELATION_WORDS)) + r")(?:\s|$)|"
                      + _ROW.pattern + "|" + _SEPARATOR.pattern + "|" + _PLACE.pattern
@@ -147,6 +151,9 @@ def readings(words: str) -> list[Reading]:
     if m := _PLACE.search(words):
         out.append(Reading("single", (words[:m.start()],), place=PLACE_WORDS[_canonical(
             m.group("place"))]))
+    if m := _PLACE_FIRST.match(words):
+        out.append(Reading("single", (words[m.end():],), place=PLACE_WORDS[_canonical(
+            m.group("place"))]))
     out.append(Reading("single", (words,), place="center"))
     return [r for r in out if all(p.strip(" ,") for p in r.parts)]
 
@@ -191,6 +198,9 @@ class SceneLanguage:
         notes: list[str] = []
         words, style = self.matcher.take_style(words, notes)
         words = words.strip(" ,.:;")
+        if m := _COUNT.match(words):  # "three emoji: a ghost, a robot and a penguin"
+            words = words[m.end():]
+            notes.append(f"{m.group(0).strip()} taken out")
         if not words:
             return Rewrite(text, text, False, reason="names no emoji, only a style")
         if style is None and self.styles:
