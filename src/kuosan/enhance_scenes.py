@@ -206,8 +206,8 @@ class SceneLanguage:
         if style is None and self.styles:
             style = self.styles[0]
             notes.append(f"no style named: {style} style (every training caption names one)")
-        if len(_SEPARATOR.split(_ROW.sub(" ", words))[::2]) > MAX_THINGS and all(
-                self._is_name(p) for p in _SEPARATOR.split(_ROW.sub(" ", words))[::2]):
+        listed = _SEPARATOR.split(_ROW.sub(" ", words))[::2]
+        if len(listed) > MAX_THINGS and all(self._is_name(p) for p in listed):
             return Rewrite(text, text, False, reason=f"names more than {MAX_THINGS} emoji: a "
                                                      f"scene holds at most {MAX_THINGS}")
         best = self._best(words)
