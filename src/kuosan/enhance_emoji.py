@@ -62,9 +62,14 @@ _TAIL = re.compile(r"\s*\b(?:emoji|emojis|icon|icons|sticker|picture|image)$")
 _TONE_SUFFIX = re.compile(r"^(.*): ([a-z-]+) skin tone$")
 
 
+def plain(text: str) -> str:
+    """``text`` with a typographic apostrophe as ASCII ("o’clock" → "o'clock"), as people type."""
+    return text.replace("’", "'")
+
+
 def normalise_prompt(text: str) -> str:
     """Lower case, single spaces, a typographic apostrophe as ASCII, no end punctuation."""
-    return " ".join(_check_text(text).lower().replace("’", "'").split()).strip(" .!?;")
+    return " ".join(plain(_check_text(text).lower()).split()).strip(" .!?;")
 
 
 def kept_as_typed(text: str, words: str) -> Rewrite:
@@ -91,7 +96,7 @@ class EmojiLanguage:
         names = sorted({split_caption(c)[0] for c in captions})
         self.names = frozenset(names)
         self.bases = sorted({self._base(n) for n in names})  # names without a skin tone
-        self._plain = {b.replace("’", "'"): b for b in self.bases}  # as normalise_prompt types it
+        self._plain = {plain(b): b for b in self.bases}  # as normalise_prompt types it
         styled = "|".join(_style_pattern(w).pattern for ws in STYLE_WORDS.values() for w in ws)
         self._styled_names = [b for b in self._plain if re.search(styled, b)]  # "flat shoe"
         self.toned = frozenset(self._base(n) for n in names if _TONE_SUFFIX.match(n))
@@ -190,7 +195,7 @@ class EmojiLanguage:
     def rank_names(self, concept: str, tone: str | None, notes: list[str]) -> list[str]:
         """Base names ranked for ``concept``: an exact name first, then the nearest by cosine."""
         ranked = self.nearest(concept, tone)
-        if ranked and ranked[0][0].replace("’", "'") != concept.replace("’", "'"):
+        if ranked and plain(ranked[0][0]) != plain(concept):
             notes.append(f"{concept} → {ranked[0][0]} (MiniLM cosine {ranked[0][1]:.2f})")
         return [name for name, _ in ranked]
 
@@ -199,7 +204,7 @@ class EmojiLanguage:
         ``min_similarity``, best first; an exact name alone, at cosine 1. With a tone, only
         names drawn in skin tones."""
         pool = [b for b in self.bases if not tone or b in self.toned]
-        exact = self._plain.get(concept.replace("’", "'"))
+        exact = self._plain.get(plain(concept))
         if exact is not None and exact in pool:
             return [(exact, 1.0)]
         if not pool:

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 from kuosan.data.emoji_scenes import article
 from kuosan.enhance import LEXICON, Embed, Rewrite
-from kuosan.enhance_emoji import EmojiLanguage, kept_as_typed, normalise_prompt
+from kuosan.enhance_emoji import EmojiLanguage, kept_as_typed, normalise_prompt, plain
 from kuosan.errors import KuosanError
 from kuosan.limits import Limits
 from kuosan.metrics.emoji_scenes import parse
@@ -160,6 +160,7 @@ def readings(words: str) -> list[Reading]:
 
 class _Match(NamedTuple):
     reading: Reading
+    things: list[str]  # per part: the thing as typed, fillers stripped
     names: list[list[tuple[str, float]]]  # per part: (name, cosine), best first
 
     @property
@@ -215,10 +216,10 @@ class SceneLanguage:
             return Rewrite(text, text, False, reason=f"no reading of {words!r} names emoji of the "
                                                      f"scenes (MiniLM cosine < "
                                                      f"{self.matcher.min_similarity:g})")
-        reading, matches = best
+        reading, things, matches = best
         notes += [reading.note] if reading.note else []
-        for part, m in zip(reading.parts, matches, strict=True):
-            if (typed := self.matcher.strip_fillers(part)) != m[0][0].replace("’", "'"):
+        for typed, m in zip(things, matches, strict=True):
+            if typed != plain(m[0][0]):
                 notes.append(f"{typed} → {m[0][0]} (MiniLM cosine {m[0][1]:.2f})")
         first = [m[0][0] for m in matches]
         candidates = [self._caption(reading, first, style)]
@@ -246,16 +247,17 @@ class SceneLanguage:
         """The reading whose parts are all things and whose worst part matches best."""
         best: _Match | None = None
         for reading in readings(words):
-            names = []
+            things, names = [], []
             for part in reading.parts:
                 thing = self.matcher.strip_fillers(part)
                 found = self.matcher.nearest(thing)
-                exact = bool(found) and found[0][0].replace("’", "'") == thing
+                exact = bool(found) and plain(found[0][0]) == thing
                 if not found or (not exact and _LAYOUT.search(thing)):
                     break  # not a thing: no name near, or layout words left in it
+                things.append(thing)
                 names.append(found)
             else:
-                match = _Match(reading, names)
+                match = _Match(reading, things, names)
                 if best is None or match.worst > best.worst:
                     best = match
         return best
