@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from digits_fid import git_commit
 from emoji_editing import to_uint8
-from history import append_row, nan_to_none
+from history import append_row, nan_to_none, repo_path
 
 from kuosan import KuosanError, Pipeline
 from kuosan.checkpoint import load_captions, weights_digest
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ok &= ~hits["has_gender"].numpy() | hits["gender"].numpy()  # woman, man or person
         for r, v in zip(drawn, ok, strict=True):
             r[name] = bool(v)
-    return {"model": args.model, "weights": weights_digest(pipe.path), "prompts": str(args.prompts),
+    return {"model": args.model, "weights": weights_digest(pipe.path), "prompts": repo_path(args.prompts),
             "rows": rows, "table": table(rows), "map_seconds": round(map_s, 2),
             "images_per_s": round(2 * len(drawn) / draw_s, 2), "steps": STEPS,
             "guidance": pipe.default_guidance, "sampler": pipe.default_sampler}

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from history import run_meta, write_report
+from history import repo_path, run_meta, write_report
 
 from kuosan import KuosanError
 from kuosan.checkpoint import load_captions, resolve_model
@@ -171,16 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds[name] = {"setup": round(setup, 1),
                          "per_prompt_ms": round(1000 * (time.perf_counter() - t0) / len(rows), 1)}
     return {"model": args.model or f"kuosan train --data emojiworld's {SCENES} captions",
-            "training_captions": len(captions), "prompts": _shown(Path(args.prompts)), "rows": rows,
+            "training_captions": len(captions), "prompts": repo_path(args.prompts), "rows": rows,
             "table": table(rows), "seconds": seconds}
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside it."""
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -35,6 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("benchmark", "model", "commit", "date", "command", "figures")
 
 
+def repo_path(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (reports name no machine's
+    folders), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def nan_to_none(obj: Any) -> Any:
     """JSON has no NaN: NaN → null, recursively (tuples become lists)."""
     if isinstance(obj, float) and math.isnan(obj):
