@@ -297,3 +297,40 @@ def test_compare_probes_pairs_captions_and_tests_the_discordant_ones(tmp_path, c
                       (tmp_path / "missing.json", "cannot read")):
         assert compare.main([str(paths[0]), str(bad)]) == 2
         assert says in capsys.readouterr().err
+
+
+def test_pool_probes_adds_up_the_captions_of_separate_draws(tmp_path, capsys):
+    pool = next(benchmark_module("pool_probes"))
+
+    def report(seed, seen_n, seen_top5, held_n, held_top5, tone, gender):
+        return {"seed": seed, "groups": {
+            "seen": {"n": seen_n, "top5": seen_top5, "tone": tone, "gender": gender},
+            "held-out style": {"n": held_n, "top5": held_top5}}}
+
+    # 102/128 and 424/512 seen: 526/640 = 82.2 % pools to a PASS though the first alone fails
+    a = report(19, 128, 100 * 102 / 128, 128, 100 * 78 / 128, 81.5, 86.3)
+    b = report(7, 512, 100 * 424 / 512, 128, 100 * 71 / 128, 69.9, 83.0)
+    seen, held, tone, gender = pool.pooled_targets([a, b])
+    assert (seen["k"], seen["n"], seen["pass"]) == (526, 640, True)
+    assert seen["value"] == pytest.approx(100 * 526 / 640)
+    assert seen["interval"][0] < seen["value"] < seen["interval"][1]
+    assert (held["k"], held["n"], held["pass"]) == (149, 256, True)
+    assert tone["value"] == 69.9 and not tone["pass"]  # an attribute must pass in every draw
+    assert gender["pass"]
+    paths = []
+    for name, r in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert pool.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert "526 of 640 captions" in out and "FAIL: 3 of 4 targets" in out
+    no_tone = report(8, 64, 100.0, 0, float("nan"), float("nan"), 90.0)
+    assert [t["pass"] for t in pool.pooled_targets([no_tone])] == [True, False, False, True]
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(report(19, 1, 100.0, 1, 100.0, 80.0, 80.0)))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    for args, says in (([paths[0], same], "share a caption draw"), ([bad], "not an emoji probe"),
+                       ([tmp_path / "missing.json"], "cannot read")):
+        assert pool.main([str(p) for p in args]) == 2
+        assert says in capsys.readouterr().err
