@@ -151,6 +151,25 @@ def test_init_from_adds_position_codes_and_keeps_the_function(tiny_text_run, tmp
         train_tiny_text(cfg.replace(pooled_layout=False, init_from=str(out)), tmp_path / "ft4")
 
 
+def test_init_from_another_size_keeps_attention_at_the_source_levels(tiny_text_run, tmp_path):
+    from kuosan.checkpoint import load_weights
+
+    src = Pipeline.load(tiny_text_run).config["model"]["config"]
+    assert (src["image_size"], src["attn_resolutions"]) == (32, [16])
+    out = tmp_path / "at64"
+    train_tiny_text(TINY_TEXT.replace(steps=0, size=64, init_from=str(tiny_text_run)), out)
+    big = Pipeline.load(out)
+    # the second level (16 of 32) is the second level (32 of 64): every source weight has its place
+    assert (big.config["model"]["config"]["image_size"], big.config["model"]["config"]["attn_resolutions"]) == (64, [32])
+    theirs, ours = load_weights(tiny_text_run, "ema")[0], load_weights(out, "ema")[0]
+    assert theirs.keys() == ours.keys()
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert big.generate("a red circle", num_inference_steps=2, seed=0)[0].size == (64, 64)
+    # and it resumes at 64 with its own attention (the run itself is then the source)
+    train_tiny_text(TINY_TEXT.replace(steps=1, size=64, init_from=str(tiny_text_run)), out, resume=True)
+    assert Pipeline.load(out).config["model"]["config"]["attn_resolutions"] == [32]
+
+
 @pytest.mark.parametrize("change, message", [
     ({"model": "fast"}, "lacks|has weights"),
     ({"text_encoder": None}, "captions|text encoder"),

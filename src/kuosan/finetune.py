@@ -70,6 +70,19 @@ def unknown_words(encoder: Any, captions: Sequence[str]) -> tuple[list[str], flo
     return sorted(unknown), missed / max(total, 1)
 
 
+def source_attention(model_config: dict, source_config: dict) -> dict:
+    """A UNet's ``model_config`` with self-attention at the levels of the source UNet's
+    (``source_config``, its config.json): a source resolution r at size S becomes r·H/S at this
+    size H, so a run at another size (64×64 from a 32×32 checkpoint) has a place for every source
+    weight, and a resumed run keeps its own. Cross-attention is already placed by level (H/2, H/4)."""
+    source = source_config.get("model") or {}
+    if source.get("kind") != "unet" or "attn_resolutions" not in source.get("config", {}):
+        return model_config
+    size, ours = source["config"]["image_size"], model_config["image_size"]
+    return {**model_config,
+            "attn_resolutions": [r * ours // size for r in source["config"]["attn_resolutions"]]}
+
+
 def warn_other_target(source: Path, source_config: dict, prediction: str) -> None:
     """Warn when the source of ``--init-from`` (its config.json: ``source_config``) was trained for
     another target than this run."""

@@ -46,7 +46,13 @@ from .checkpoint import (
 )
 from .data import ArrayDataset, DataInfo, load_dataset
 from .errors import KuosanError
-from .finetune import resolve_checkpoint, source_text_encoder, start_from, warn_unknown_words
+from .finetune import (
+    resolve_checkpoint,
+    source_attention,
+    source_text_encoder,
+    start_from,
+    warn_unknown_words,
+)
 from .guidance import cfg_model
 from .images import save_grid, save_png, to_pil
 from .models import (
@@ -282,6 +288,8 @@ class Trainer:
                 if not resume:
                     warn_unknown_words(encoder, self.captions, source)
             self.kind, self.model_config = model_spec(config.model, self.info, encoder.dim if encoder else 0)
+            if self.kind == "unet" and stored_from:
+                self.model_config = source_attention(self.model_config, source_config)
             model = build_model(self.kind, self.model_config)
             if encoder is not None:
                 model = TextConditionedUNet(model, encoder)
