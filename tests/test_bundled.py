@@ -68,9 +68,10 @@ def test_bundled_model_binds_attributes_in_pairs(pipe):
     assert np.mean(ok) >= 0.4, [c for c, y in zip(captions, ok, strict=True) if not y]
 
 
-def test_generate_without_model_uses_the_bundled_one(tmp_path):
+def test_generate_by_name_uses_the_bundled_one(tmp_path):
     out = tmp_path / "out.png"
-    assert main(["generate", "a small green cross at the bottom right", "--out", str(out)]) == 0
+    assert main(["generate", "a small green cross at the bottom right", "--model", "shapes-32",
+                 "--out", str(out)]) == 0
     img = Image.open(out)
     assert img.size == (32, 32)
     assert json.loads(img.text["kuosan"])["model"] == "shapes-32"

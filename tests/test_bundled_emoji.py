@@ -78,9 +78,9 @@ def test_bundled_emoji_model_draws_the_colours_it_is_asked(pipe):
     assert np.mean(ok) >= HUE_FLOOR, [(c, h) for c, h, y in zip(captions, hues, ok, strict=True) if not y]
 
 
-def test_generate_with_the_emoji_model_writes_its_credit(tmp_path):
+def test_generate_without_model_uses_emoji_32_and_writes_its_credit(tmp_path):
     out = tmp_path / "apple.png"
-    assert main(["generate", "red apple, flat style", "--model", "emoji-32", "--out", str(out)]) == 0
+    assert main(["generate", "red apple, flat style", "--out", str(out)]) == 0  # the default
     img = Image.open(out)
     assert img.size == (32, 32) and "Twemoji" in img.text["Copyright"]
     assert json.loads(img.text["kuosan"])["model"] == "emoji-32"

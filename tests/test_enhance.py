@@ -261,7 +261,7 @@ def test_cli_enhance_keeps_both_prompts_in_the_png(tmp_path, capsys):
 
     typed, caption = "a crimson ball over a navy box", "a red circle above a blue square"
     out = tmp_path / "one.png"
-    assert main(["generate", typed, "--enhance", "--steps", "2", "--seed", "3",
+    assert main(["generate", typed, "--model", "shapes-32", "--enhance", "--steps", "2", "--seed", "3",
                  "--out", str(out)]) == 0
     assert f"{typed!r} → {caption!r}" in capsys.readouterr().out
     img = Image.open(out)

@@ -141,7 +141,7 @@ def _write_as_it_goes(batches: Iterable, total: int, out: Path,
 
 # ---- generate and the edits: inpaint, outpaint, vary, img2img ------------------------------------
 
-DEFAULT_MODEL = "shapes-32"  # the bundled ShapesWorld text-to-image model
+DEFAULT_MODEL = "emoji-32"  # the bundled emoji text-to-image model (docs/emoji-32.md)
 # the one table of tasks: command → the flags (of the same name) that become its Request fields
 TASK_FLAGS = {
     "generate": (), "inpaint": ("resample", "feather"), "outpaint": (*SIDES, "resample"),
