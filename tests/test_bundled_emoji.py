@@ -27,11 +27,11 @@ HUES = {"red": (-25, 20), "orange": (15, 45), "yellow": (40, 70), "green": (75, 
 COLOURED = {"blue heart": "blue", "green heart": "green", "yellow heart": "yellow",
             "purple heart": "purple", "orange heart": "orange", "red apple": "red",
             "tomato": "red", "banana": "yellow", "frog face": "green"}
-# the bundled model (step 14,755 + a balanced decay) gets 16 of these 18 right at seed 0 (both
-# bananas come out orange-yellow, hue 37 and 32; step 9,655 + balanced decay got 17, step 8,337
-# 16, step 6,604 13); a model that
-# ignores its captions gets about 1 in 6. 0.5 (9 of 18) leaves six images for another CPU to
-# flip and is 4 binomial standard errors above 1/6.
+# the bundled model (step 16,013 + a balanced decay) gets 16 of these 18 right at seed 0 (both
+# bananas come out orange-yellow, hue 34); step 14,755 + balanced decay got 16 too, missing the
+# same two, step 9,655 + balanced decay 17, step 8,337 16, step 6,604 13; a model that ignores
+# its captions gets about 1 in 6. 0.5 (9 of 18) leaves six images for another CPU to flip and is
+# 4 binomial standard errors above 1/6.
 HUE_FLOOR = 0.5
 
 
