@@ -13,7 +13,7 @@
 # the run can go on in later sessions (a release would be a short decay, as in emoji-32.sh).
 # `--steps 100000` is a ceiling: stop it with Ctrl-C (it saves), go on with the same command.
 # The 20,000 scenes are rendered once and cached (about 2 minutes). On the 2-core CPU a step at
-# 64×64 costs about four times one of emoji-32 (docs/emoji-scenes.md gives the measured rate);
+# 64×64 costs about seven times one of emoji-32 (docs/emoji-scenes.md gives the measured rate);
 # a GPU, when one is lent, runs the same command with `--device cuda --batch 256`.
 #
 # Needs the emoji sources: pip install -e ".[emoji]" && apt-get install fonts-noto-color-emoji
