@@ -48,14 +48,20 @@ def paired(a: list[dict], b: list[dict], figure: str) -> dict[str, dict]:
     return out
 
 
-def _rows(path: Path) -> list[dict]:
+def read_report(path: Path, key: str, missing: str) -> dict:
+    """The probe report at ``path``, which must hold ``key``; else ValueError '{path} {missing}'."""
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read the probe report {path}: {e}") from None
-    if not isinstance(report, dict) or "per_caption" not in report:
-        raise ValueError(f"{path} has no per-caption results (\"per_caption\"): rerun the probe")
-    return report["per_caption"]
+    if not isinstance(report, dict) or key not in report:
+        raise ValueError(f"{path} {missing}")
+    return report
+
+
+def _rows(path: Path) -> list[dict]:
+    return read_report(path, "per_caption",
+                       "has no per-caption results (\"per_caption\"): rerun the probe")["per_caption"]
 
 
 def main(argv: list[str] | None = None) -> int:

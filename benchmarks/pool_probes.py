@@ -15,11 +15,11 @@ default").
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
+from compare_probes import read_report
 from emoji_probe import TARGETS, wilson_interval
 
 POOLED = ("top1", "top5", "style")  # figures over all of a group's captions: they add up
@@ -53,22 +53,13 @@ def pooled_targets(reports: list[dict]) -> list[dict]:
     return out
 
 
-def _report(path: Path) -> dict:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the probe report {path}: {e}") from None
-    if not isinstance(report, dict) or "groups" not in report:
-        raise ValueError(f"{path} is not an emoji probe report (no \"groups\")")
-    return report
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("reports", type=Path, nargs="+", help="probe reports (.json), one per draw")
     args = p.parse_args(argv)
     try:
-        reports = [_report(path) for path in args.reports]
+        reports = [read_report(path, "groups", "is not an emoji probe report (no \"groups\")")
+                   for path in args.reports]
         targets = pooled_targets(reports)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
