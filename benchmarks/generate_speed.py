@@ -12,6 +12,9 @@ speed-up over fp32. Guidance doubles the batch of each model call.
         --variants bf16,compile,bf16-compile --report benchmarks/results/generate_speed
     OMP_NUM_THREADS=2 python3 benchmarks/generate_speed.py --threads 2 -n 64 --batch 64
 
+Several models (``--model shapes-32,emoji-32``) are timed side by side in the same rounds, each
+also as a ratio against the first model in fp32: what one model costs per image beside another.
+
 ``--report PATH`` writes ``PATH.json`` and ``PATH.md`` (the latest run) and appends a row to
 ``generate_speed_history.jsonl`` beside them (benchmarks/history.py).
 """
@@ -52,7 +55,9 @@ def images_per_s(pipe: Pipeline, prompts: list[str], steps: int, batch: int, dev
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="shapes-32")
+    p.add_argument("--model", default="shapes-32",
+                   help="checkpoint folder or bundled name; several, comma-separated, are timed "
+                        "side by side (ratios against the first)")
     p.add_argument("--prompt", default="a red circle above a blue square")
     p.add_argument("-n", type=int, default=64, help="images per timed call")
     p.add_argument("--batch", type=int, default=64, help="images per model call")
@@ -69,39 +74,52 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
+    models = args.model.split(",")
 
     pipes, first = {}, {}
-    for v in variants:
-        precision, compiled = VARIANTS[v]
-        pipes[v] = Pipeline.load(args.model, device=args.device, precision=precision, compile=compiled)
-        start = time.perf_counter()
-        images_per_s(pipes[v], prompts_of(pipes[v], args.prompt, args.batch), args.steps, args.batch,
-                     args.device)
-        first[v] = time.perf_counter() - start
-    prompts = prompts_of(pipes["fp32"], args.prompt, args.n)
-    rates: dict[str, list[float]] = {v: [] for v in variants}
+    for model in models:
+        for v in variants:
+            precision, compiled = VARIANTS[v]
+            pipe = Pipeline.load(model, device=args.device, precision=precision, compile=compiled)
+            start = time.perf_counter()
+            images_per_s(pipe, prompts_of(pipe, args.prompt, args.batch), args.steps, args.batch,
+                         args.device)
+            pipes[model, v], first[model, v] = pipe, time.perf_counter() - start
+    rates: dict[tuple[str, str], list[float]] = {k: [] for k in pipes}
     for r in range(args.repeats):
-        for v in variants if r % 2 == 0 else list(reversed(variants)):
-            rates[v].append(images_per_s(pipes[v], prompts, args.steps, args.batch, args.device))
-    med = {v: statistics.median(x) for v, x in rates.items()}
+        for key in list(pipes) if r % 2 == 0 else list(reversed(pipes)):
+            prompts = prompts_of(pipes[key], args.prompt, args.n)
+            rates[key].append(images_per_s(pipes[key], prompts, args.steps, args.batch, args.device))
+    med = {k: statistics.median(x) for k, x in rates.items()}
+
+    def name(key: tuple[str, str]) -> str:  # "fp32" for one model; "emoji-32/fp32" for several
+        return key[1] if len(models) == 1 else "/".join(key)
 
     dev = torch.device(args.device)
+    sampler = ", ".join(f"{m} {pipes[m, 'fp32'].default_sampler}" for m in models)
     lines = [f"model {args.model}, device {args.device}"
              + (f" ({torch.cuda.get_device_name()})" if dev.type == "cuda" else "")
              + f", native bf16 {native_bf16(dev)}, threads {torch.get_num_threads()}, n {args.n}, "
-               f"batch {args.batch}, {args.steps} guided steps of {pipes['fp32'].default_sampler}, "
+               f"batch {args.batch}, {args.steps} guided steps of the default sampler ({sampler}), "
                f"median of {args.repeats}",
              f"note: {args.note}",
-             f"{'variant':14} {'images/s':>10} {'× fp32':>7} {'first s':>8}"]
-    lines += [f"{v:14} {med[v]:10.2f} {med[v] / med['fp32']:7.2f} {first[v]:8.1f}" for v in variants]
+             f"{'variant':24} {'images/s':>10} {'× fp32':>7} {'× ' + models[0]:>14} {'first s':>8}"]
+    base = med[models[0], "fp32"]
+    lines += [f"{name(k):24} {med[k]:10.2f} {med[k] / med[k[0], 'fp32']:7.2f} "
+              f"{med[k] / base:14.2f} {first[k]:8.1f}" for k in pipes]
+    lines.append(f"× fp32: against the same model in fp32; × {models[0]}: against {models[0]} "
+                 "in fp32 (below 1: slower per image)")
     print("\n".join(lines))
     if args.report is not None:
         meta = run_meta("generate_speed.py", argv, args.note, device=args.device,
                         native_bf16=native_bf16(dev))
-        figures = {v: {"images_per_s": round(med[v], 3), "speedup": round(med[v] / med["fp32"], 3),
-                       "first_s": round(first[v], 1)} for v in variants}
+        figures = {name(k): {"images_per_s": round(med[k], 3),
+                             "speedup": round(med[k] / med[k[0], "fp32"], 3),
+                             "vs_first_model": round(med[k] / base, 3),
+                             "first_s": round(first[k], 1)} for k in pipes}
         written = write_report(args.report, "generate_speed", title="Text-to-image throughput",
-                               meta=meta, data={"rates": rates, "first_s": first},
+                               meta=meta, data={"rates": {name(k): x for k, x in rates.items()},
+                                                "first_s": {name(k): x for k, x in first.items()}},
                                body="```\n" + "\n".join(lines) + "\n```\n", model=args.model,
                                figures=figures)
         print("wrote " + ", ".join(map(str, written)))

@@ -54,12 +54,16 @@ from kuosan.precision import Autocast, native_bf16
 
 Shape = tuple[int, ...]
 
-# name -> (preset, in_channels, image_size)
-CASES: dict[str, tuple[str, int, int]] = {
-    "xs8": ("xs", 1, 8),    # 8×8 grayscale digits
-    "s32": ("s", 3, 32),    # 32×32 RGB
-    "m32": ("m", 3, 32),
-    "l32": ("l", 3, 32),
+# name -> (preset, in_channels, image_size, self-attention resolutions; None: the preset's)
+CASES: dict[str, tuple[str, int, int, tuple[int, ...] | None]] = {
+    "xs8": ("xs", 1, 8, None),    # 8×8 grayscale digits
+    "s32": ("s", 3, 32, None),    # 32×32 RGB
+    "m32": ("m", 3, 32, None),
+    "l32": ("l", 3, 32, None),
+    "s64": ("s", 3, 64, None),    # 64×64 RGB, the preset's self-attention (16×16)
+    # 64×64 with self-attention where a 32×32 source puts it (32×32: 1,024 positions), as
+    # `--init-from` a 32×32 model lays it out (EmojiWorld-64 from emoji-32)
+    "s64-src": ("s", 3, 64, (32,)),
 }
 
 
@@ -205,9 +209,11 @@ def time_case(case: str, variants: list[str], args: argparse.Namespace, device: 
     """Median ms per step of kuosan's UNet and its diffusers twin in each variant, all timed in
     alternating rounds; the FLOPs per step (counted on the fp32 eager networks) and the
     parameter counts per model; the first-call seconds (compilation) per (model, variant)."""
-    preset, channels, size = CASES[case]
+    preset, channels, size, attention = CASES[case]
     cfg = dataclasses.replace(UNET_PRESETS[preset], in_channels=channels,
                               out_channels=channels, image_size=size)
+    if attention is not None:
+        cfg = dataclasses.replace(cfg, attn_resolutions=attention)
     builders = {"kuosan": lambda: UNet(cfg), "diffusers": lambda: diffusers_twin(cfg)}
     x = torch.randn(args.batch_size, channels, size, size, device=device)
     target = torch.randn_like(x)

@@ -203,10 +203,10 @@ def test_probe_runs_end_to_end_on_a_tiny_model(probe, tiny, tiny_text_run, tmp_p
     args = probe.argparse.Namespace(
         model=str(tiny_text_run), styles="flat,glossy", seed=0, sample_seed=5, steps=2,
         guidance=None, counts={"seen": 3, "held-out style": 2, "held-out tone": 1},
-        save_samples=str(tmp_path / "fid"), editing=2, fid=0, sampler="ddim")
+        save_samples=str(tmp_path / "fid"), editing=2, fid=0, sampler="ddim", precision="fp32")
     result = probe.probe(args, recogniser, pictures, entries)
     assert [r["n"] for r in result["groups"].values()] == [3, 2, 1]
-    assert result["sampler"] == "ddim"
+    assert result["sampler"] == "ddim" and result["precision"] == "fp32"
     rows = result["per_caption"]
     assert [r["group"] for r in rows] == ["seen"] * 3 + ["held-out style"] * 2 + ["held-out tone"]
     assert 100 * sum(r["top5"] for r in rows[:3]) / 3 == result["groups"]["seen"]["top5"]

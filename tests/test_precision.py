@@ -31,11 +31,14 @@ def test_native_bf16_on_the_cpu_reads_its_capabilities(monkeypatch, caps, native
     assert native_bf16(torch.device("cpu")) is native
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_is_fp32_on_every_cpu(monkeypatch, native):
-    caps = {"amx_bf16": native, "avx512_bf16": native}
+@pytest.mark.parametrize("caps, expected", [
+    ({"amx_bf16": True, "avx512_bf16": False}, "bf16"),
+    ({"amx_bf16": False, "avx512_bf16": True}, "bf16"),
+    ({"amx_bf16": False, "avx512_bf16": False, "avx2": True}, "fp32"),
+])
+def test_auto_on_the_cpu_is_bf16_where_it_has_native_bf16(monkeypatch, caps, expected):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == expected
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
 
 
@@ -77,12 +80,18 @@ def test_fp32_is_the_model_itself_and_bf16_returns_fp32():
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 
-def test_bf16_on_the_cpu_is_channels_last_and_fp32_unchanged():
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_is_channels_last_on_a_cpu_that_emulates_it_and_fp32_unchanged(monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native})
     model = prepare_module(tiny_unet(), "fp32", "cpu")
     assert all(p.is_contiguous() for p in model.parameters())
     prepare_module(model, "bf16", "cpu")
     convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    # emulated bf16 wants oneDNN's NHWC; native bf16 keeps NCHW (faster there: docs/speed.md)
+    order = torch.contiguous_format if native else torch.channels_last
+    assert convs and all(w.is_contiguous(memory_format=order) for w in convs)
+    if native:  # (a 1×1 kernel is contiguous in both orders; a 3×3 one tells them apart)
+        assert any(not w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 
 
 def test_training_in_bf16_saves_fp32_contiguous_weights_and_resumes_exactly(tmp_path):
@@ -130,7 +139,8 @@ def test_pipeline_records_its_precision(tmp_path):
     train(TINY.replace(steps=1), run, progress=False)
     fp32 = Pipeline.load(run, precision="fp32", device="cpu")
     bf16 = Pipeline.load(run, precision="bf16", device="cpu")
-    assert Pipeline.load(run, device="cpu").precision == "fp32"  # auto, on a CPU
+    auto = resolve_precision("auto", "cpu")  # bf16 on a CPU with native bf16, else fp32
+    assert Pipeline.load(run, device="cpu").precision == auto
     a = fp32.generate(num_images_per_prompt=2, num_inference_steps=3, seed=0)
     b = bf16.generate(num_images_per_prompt=2, num_inference_steps=3, seed=0)
     assert (a.precision, b.precision) == ("fp32", "bf16")
@@ -176,3 +186,17 @@ def test_the_throughput_benchmark_times_each_variant_and_keeps_a_history(tmp_pat
     assert set(figures) == {"fp32", "bf16"} and figures["fp32"]["speedup"] == 1.0
     assert all(f["images_per_s"] > 0 for f in figures.values())
     assert "bf16" in capsys.readouterr().out and (tmp_path / "generate_speed.md").exists()
+
+
+def test_the_throughput_benchmark_times_several_models_side_by_side(tmp_path, generate_speed):
+    generate_speed.main(["--model", "shapes-32,emoji-32", "-n", "2", "--batch", "2", "--steps", "1",
+                         "--repeats", "1", "--threads", str(torch.get_num_threads()),
+                         "--report", str(tmp_path / "generate_speed")])
+    (row,) = [json.loads(line) for line in (tmp_path / "generate_speed_history.jsonl").open()]
+    figures = row["figures"]
+    assert set(figures) == {"shapes-32/fp32", "emoji-32/fp32"}
+    assert figures["shapes-32/fp32"]["vs_first_model"] == 1.0
+    emoji = figures["emoji-32/fp32"]
+    # its ratio to the first model is the two measured rates' quotient, not a copy of 1
+    assert emoji["vs_first_model"] == pytest.approx(
+        emoji["images_per_s"] / figures["shapes-32/fp32"]["images_per_s"], rel=0.01)

@@ -15,8 +15,9 @@ costs about the same per pixel; classifier-free guidance doubles every term alik
 left out). The defaults are sized on the 2-core CPU this project is developed on, where the
 bundled shapes-32 (32×32, guided) takes about 60 ms per image and step in batches of 16-64
 (one thread; measured with ``Pipeline.generate`` at 5 steps, December 2026). The default model,
-emoji-32 (3.09 M parameters), costs about 1.7 times as much per image-step (measured side by side
-with shapes-32, one thread, beside a training run), so its largest call takes 1.7 times as long.
+emoji-32 (3.09 M parameters), costs about 1.7 times as much per image-step in fp32, 1.5 in bf16
+(``benchmarks/generate_speed.py --model shapes-32,emoji-32``, docs/speed.md), so its largest call
+takes up to 1.7 times as long.
 """
 
 from __future__ import annotations

@@ -15,17 +15,25 @@ on stays fp32:
 ``auto`` picks (:func:`resolve_precision`):
 
 - **CUDA**: bf16 where the device supports it (Ampere and newer), else fp32.
-- **CPU**: fp32, on every CPU. On a CPU without native bf16 (no AMX-BF16 or AVX512-BF16: e.g.
-  an AMD EPYC with AVX2) bf16 is emulated: autocast made the `s` UNet's training step 8× and its
-  sampling step 6× *slower* than fp32, even with channels-last (docs/speed.md,
-  ``benchmarks/train_speed.py --variants``). On CPUs with native bf16 it was measured to help
-  only 1.14× end to end in training (quality held on the digits, for training and sampling:
-  docs/speed.md), so ``auto`` stays fp32 there too until the benchmark shows it worth a default
-  that changes results in their last bits; ``--precision bf16`` asks for it.
+- **CPU with native bf16** (AMX-BF16 or AVX512-BF16: Intel Sapphire Rapids and newer, AMD Zen 4
+  and newer): bf16. On a 2-core AMD EPYC Zen 4 (AVX512-BF16) the UNet's training step ran
+  1.22–1.31× (`s`) and 1.39–1.48× (`m`) as fast as fp32, its sampling step 1.27–1.38× and
+  1.51–1.62×, text-to-image 1.49× (shapes-32) and 1.66× (emoji-32); quality held: the digits'
+  FID trained and sampled in bf16, the ShapesWorld caption benchmark and the emoji probe of
+  emoji-32 sampled in bf16 (the same top-5 verdict on all 475 captions) (docs/speed.md).
+- **CPU without native bf16** (e.g. an AMD EPYC with AVX2): fp32. bf16 is emulated there:
+  autocast made the `s` UNet's training step 8× and its sampling step 6× *slower* than fp32,
+  even with channels-last (docs/speed.md, ``benchmarks/train_speed.py --variants``).
 
-On the CPU, bf16 also puts the network in channels-last memory order (NHWC), the layout oneDNN's
-bf16 convolutions work in: without it each convolution reorders its input (measured on that
-AVX2 CPU: a bf16 sampling step of 16 images took 13.4 s without, 2.2 s with).
+``--precision fp32`` keeps fp32 on any hardware (results then agree across machines to fp32's
+last bits; bf16 results differ in theirs).
+
+On a CPU without native bf16, bf16 also puts the network in channels-last memory order (NHWC),
+the layout oneDNN's emulated bf16 convolutions work in: without it each convolution reorders its
+input (measured on that AVX2 CPU: a bf16 sampling step of 16 images took 13.4 s without, 2.2 s
+with). With native bf16 the network stays in its own order (NCHW): there channels-last made
+training slower (the `m` UNet 1.31× over fp32 against 1.48× without it, the `s` 1.15× against
+1.22×) and sampling no faster (docs/speed.md).
 
 ``compile`` (:func:`compile_network`, ``--compile``) hands the UNet to ``torch.compile``, in
 place: its parameter names and checkpoints are unchanged. The first call of each input shape
@@ -61,22 +69,24 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """"fp32" or "bf16" for ``precision`` ("auto", "fp32", "bf16") on ``device``: auto is bf16 on
-    a CUDA device with bf16, fp32 elsewhere (module docstring)."""
+    """"fp32" or "bf16" for ``precision`` ("auto", "fp32", "bf16") on ``device``: auto is bf16
+    where the device does bf16 in hardware (:func:`native_bf16`), fp32 elsewhere (module
+    docstring)."""
     if precision not in PRECISIONS:
         raise KuosanError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 
 def prepare_module(model: nn.Module, precision: str, device: torch.device | str, *,
                    compile: bool = False) -> nn.Module:
     """``model`` made ready to run: in the memory order its arithmetic wants (channels-last for
-    bf16 on the CPU, oneDNN's layout; unchanged otherwise), and its UNet compiled if asked
-    (:func:`compile_network`). In place; returns ``model``."""
-    if precision == "bf16" and torch.device(device).type == "cpu":
+    bf16 on a CPU that emulates it, oneDNN's layout; unchanged otherwise), and its UNet compiled
+    if asked (:func:`compile_network`). In place; returns ``model``."""
+    device = torch.device(device)
+    if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         model.to(memory_format=torch.channels_last)
     if compile:
         compile_network(model, device)
