@@ -84,6 +84,23 @@ def test_from_png_reproduces_a_new_png(tmp_path):
     assert Image.open(again).text == Image.open(one).text
 
 
+@pytest.mark.parametrize("made_in, asked, drawn_in", [
+    ("fp32", [], "fp32"),  # the PNG's precision, though auto would pick bf16 here
+    ("bf16", [], "bf16"),
+    ("fp32", ["--precision", "bf16"], "bf16"),  # a named --precision wins
+])
+def test_from_png_draws_in_the_precision_the_png_was_made_in(tmp_path, monkeypatch, made_in, asked,
+                                                             drawn_in):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    one, again = tmp_path / "one.png", tmp_path / "again.png"
+    assert main(["generate", "a green cross", "--model", "shapes-32", "--steps", "2",
+                 "--precision", made_in, "--out", str(one)]) == 0
+    assert main(["generate", "--from-png", str(one), *asked, "--out", str(again)]) == 0
+    assert read_parameters(again)["precision"] == drawn_in
+    if drawn_in == made_in:
+        assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(one)))
+
+
 def test_from_png_reads_pngs_written_before_the_result_object(tmp_path):
     """tests/data/old_generate.png and old_vary.png were written by `kuosan generate` and
     `kuosan vary` at commit e676402 (before Result and kuosan.metadata). Their chunks read back

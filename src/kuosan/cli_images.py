@@ -184,7 +184,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     _common_generation_flags(p)
     p.set_defaults(model=None)  # None: the bundled model, or the one --from-png names
     p.add_argument("--from-png", type=Path, default=None,
-                   help="take prompt, seed, sampler, steps, guidance and model from a kuosan PNG")
+                   help="take prompt, seed, sampler, steps, guidance, model and precision from a "
+                        "kuosan PNG")
     p.add_argument("--enhance", action="store_true",
                    help="rewrite the prompt into the model's caption language first "
                         "(docs/enhance.md); the PNG keeps the rewrite and, as user_prompt, the "
@@ -237,7 +238,9 @@ def add_edit(sub: argparse._SubParsersAction) -> None:
 
 
 def _from_png(args: argparse.Namespace) -> None:
-    """--from-png: the prompt, seed, sampler, steps, guidance, count and model of a kuosan PNG."""
+    """--from-png: the prompt, seed, sampler, steps, guidance, count, model and precision of a
+    kuosan PNG (its precision unless --precision names one: the same arithmetic makes the same
+    pixels; a PNG from before precision was recorded was made in fp32)."""
     try:
         params = read_parameters(args.from_png)
     except KuosanError as err:
@@ -250,6 +253,8 @@ def _from_png(args: argparse.Namespace) -> None:
     args.steps, args.guidance = params["steps"], params["guidance"]
     args.num = params.get("num", 1)
     args.model = args.model or params["model"]
+    if args.precision == "auto":
+        args.precision = params.get("precision", "fp32")
 
 
 def _open_image(path: Path, flag: str) -> Image.Image:
