@@ -10,7 +10,8 @@ same seed and called once untimed (its compilation, reported as "first s"); then
 untimed rounds and `--repeats` rounds that alternate all of them (the order flips every
 round); the median of each is reported, with its speed-up over kuosan fp32 (always timed) and
 its time relative to diffusers in the same variant. A training step is forward + MSE loss +
-backward + AdamW step (train mode); a sampling step is one forward under no_grad (eval mode).
+backward + AdamW step (kuosan's fused AdamW for both networks; train mode); a sampling step is
+one forward under no_grad (eval mode).
 FLOPs come from torch.utils.flop_counter.FlopCounterMode on the fp32 networks (the optimizer's
 element-wise work is not counted); the matmul peak of each precision is the median of
 ``torch.mm``s measured in the same run (n = 512 for bf16 on a CPU without native bf16, which
@@ -50,7 +51,9 @@ from torch.utils.flop_counter import (
 )
 
 from kuosan.models import UNET_PRESETS, UNet, UNetConfig, count_parameters
+from kuosan.models.unet import ResBlock
 from kuosan.precision import Autocast, native_bf16
+from kuosan.train import adamw
 
 Shape = tuple[int, ...]
 
@@ -122,11 +125,16 @@ class Variant:
     precision: str = "fp32"  # fp32, or bf16 autocast
     channels_last: bool = False
     compile: bool = False
+    before: bool = False  # torch's nn.Dropout and default AdamW: kuosan's step before 2026-12-06
 
 
-# name -> Variant; "bf16-cl" is what `--precision bf16` does on a CPU (kuosan.precision)
+# name -> Variant; "bf16-cl" is what `--precision bf16` does on a CPU (kuosan.precision);
+# "fp32-before" is kuosan's fp32 step as issue 22 measured it ("kuosan fp32 today"): torch's
+# nn.Dropout (per-element bernoulli_ on the CPU) and the foreach AdamW, before kuosan's Dropout
+# and the fused AdamW
 VARIANTS: dict[str, Variant] = {
     "fp32": Variant(),
+    "fp32-before": Variant(before=True),
     "fp32-cl": Variant(channels_last=True),
     "bf16": Variant("bf16"),
     "bf16-cl": Variant("bf16", channels_last=True),
@@ -143,7 +151,12 @@ def make_steps(model: nn.Module, x: Tensor, t: Tensor, target: Tensor, variant: 
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), 1e-4, 0.0, x.device)  # kuosan train's optimizer, for both
+    if variant.before:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        for block in model.modules():
+            if isinstance(block, ResBlock):
+                block.dropout = nn.Dropout(block.dropout.p)
     net = torch.compile(model) if variant.compile else model
     run = Autocast(net, variant.precision, x.device)
 

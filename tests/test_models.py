@@ -383,3 +383,47 @@ def test_upsample_nearest_2x_equals_interpolate():
                                rtol=0, atol=0)
     upsample_nearest_2x(x).sum().backward()
     assert torch.equal(x.grad, torch.full_like(x, 4.0))
+
+
+def test_dropout_drops_p_of_each_lane_and_keeps_the_mean() -> None:
+    """The CPU mask comes from 16-bit lanes of random int64 words: every lane (position mod 4)
+    drops about p, survivors are scaled so E[y] = x, and a seeded draw repeats."""
+    from kuosan.models.unet import Dropout
+
+    drop = Dropout(0.1)
+    torch.manual_seed(0)
+    x = torch.ones(2 ** 20)
+    y = drop(x)
+    dropped = y == 0
+    for lane in range(4):  # a lane stuck at "keep" (a word's sign bit never set) would show here
+        assert abs(dropped[lane::4].float().mean().item() - 0.1) < 0.003
+    scale = 65536 / (65536 - 6554)
+    assert torch.equal(y[~dropped], torch.full_like(y[~dropped], scale))
+    assert abs(y.mean().item() - 1.0) < 0.003  # 1 / (1 - p) times the kept share: about 1
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the generator moved on
+
+
+def test_dropout_in_eval_at_zero_and_in_backward() -> None:
+    from kuosan.models.unet import Dropout
+
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    assert Dropout(0.0)(x) is x and Dropout(0.3).eval()(x) is x
+    xb = x.to(torch.bfloat16).requires_grad_()
+    y = Dropout(0.3)(xb)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    y.float().sum().backward()
+    kept = y != 0
+    assert torch.equal(xb.grad != 0, kept)  # the gradient flows through the kept elements only
+
+
+def test_adamw_is_fused_on_cpu() -> None:
+    from kuosan.train import adamw
+
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = adamw([p], 0.1, 0.0, "cpu")
+    assert opt.defaults["fused"] is True
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.full((3,), 0.9))  # first step: θ − lr·sign(g)

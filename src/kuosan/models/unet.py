@@ -204,6 +204,34 @@ def unet_preset(name: str, **overrides: object) -> UNetConfig:
     return dataclasses.replace(UNET_PRESETS[name], **overrides)
 
 
+class Dropout(nn.Module):
+    """Dropout, y = x·m/(1 − p) with m ~ Bernoulli(1 − p) per element while training, x otherwise.
+
+    On the CPU the mask is read off 16-bit lanes of random int64 words (one word draws four
+    elements; p rounded to a multiple of 1/65536, and 1 − p of that p rescales, so E[y] = x
+    exactly): torch's CPU ``bernoulli_``, which ``nn.Dropout`` calls, draws every element on its
+    own and took 6–9 % of an `s` UNet's training step (7.6 against 1.4 ms for 2²⁰ elements on
+    two Zen 4 cores). Elsewhere (CUDA) it is ``F.dropout``. Both draw from torch's generator of
+    the device, so a seeded step draws the same mask."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        dropped = round(self.p * 65536)  # int16 lanes: P(lane < -32768 + dropped) = dropped / 65536
+        words = torch.randint(-(2 ** 63), 2 ** 63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64)
+        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
+        return x * keep.to(x.dtype) * (65536 / (65536 - dropped))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class ResBlock(nn.Module):
     """h = conv(SiLU(GN(x))); h = GN(h)·(1 + scale(emb)) + shift(emb); out = skip(x) + conv(SiLU(h))."""
 
@@ -213,7 +241,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2 = nn.GroupNorm(groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
