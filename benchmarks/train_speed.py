@@ -52,8 +52,8 @@ from torch.utils.flop_counter import (
 
 from kuosan.models import UNET_PRESETS, UNet, UNetConfig, count_parameters
 from kuosan.models.unet import ResBlock
+from kuosan.optim import adamw
 from kuosan.precision import Autocast, native_bf16
-from kuosan.train import adamw
 
 Shape = tuple[int, ...]
 

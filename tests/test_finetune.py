@@ -12,7 +12,8 @@ from conftest import TINY_TEXT, train_tiny_text
 from kuosan import KuosanError, Pipeline
 from kuosan.models import UNetConfig, build_model
 from kuosan.models.attention import AttnBlock, CrossAttnBlock, PositionEmbedding, coord_features
-from kuosan.train import TrainConfig, learning_rate
+from kuosan.optim import learning_rate
+from kuosan.train import TrainConfig
 
 TINY_UNET = UNetConfig(image_size=16, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                        attn_resolutions=(8,), head_dim=16, dropout=0.0, num_groups=8,

@@ -419,7 +419,7 @@ def test_dropout_in_eval_at_zero_and_in_backward() -> None:
 
 
 def test_adamw_is_fused_on_cpu() -> None:
-    from kuosan.train import adamw
+    from kuosan.optim import adamw
 
     p = nn.Parameter(torch.ones(3))
     p.grad = torch.ones(3)

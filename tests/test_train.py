@@ -12,15 +12,14 @@ from safetensors.torch import load_file
 
 from kuosan import KuosanError
 from kuosan.cli import main
-from kuosan.train import (
-    TrainConfig,
+from kuosan.optim import (
     balance_weights,
     balanced_indices,
     batch_indices,
     ema_beta,
-    train,
     with_high_noise,
 )
+from kuosan.train import TrainConfig, train
 
 TINY = TrainConfig.from_flat(data="digits", steps=6, batch_size=16, warmup_steps=2, sample_every=0,
                    save_every=0, grid_size=4, grid_steps=3, log_every=2)
