@@ -200,3 +200,32 @@ def test_the_throughput_benchmark_times_several_models_side_by_side(tmp_path, ge
     # its ratio to the first model is the two measured rates' quotient, not a copy of 1
     assert emoji["vs_first_model"] == pytest.approx(
         emoji["images_per_s"] / figures["shapes-32/fp32"]["images_per_s"], rel=0.01)
+
+
+@pytest.fixture
+def train_run_speed():
+    yield from benchmark_module("train_run_speed")
+
+
+def test_the_end_to_end_training_benchmark_times_whole_runs(tmp_path, train_run_speed, capsys):
+    """Two rounds of real `kuosan train` processes per precision (digits, tiny); the rate comes
+    from each run's log.jsonl, and a run that fails stops the benchmark with its error."""
+    train_run_speed.main(["--data", "digits", "--train-args", "--batch 8", "--steps", "3",
+                          "--skip", "1", "--rounds", "2", "--threads", "1",
+                          "--report", str(tmp_path / "train_run_speed")])
+    (row,) = [json.loads(line) for line in (tmp_path / "train_run_speed_history.jsonl").open()]
+    figures = row["figures"]
+    assert set(figures) == {"fp32", "bf16"} and figures["fp32"]["speedup"] == 1.0
+    assert all(f["steps_per_s"] > 0 for f in figures.values())
+    assert "round 2" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="kuosan train .fp32. failed"):
+        train_run_speed.main(["--data", "digits", "--train-args", "--preset nonesuch", "--rounds", "1"])
+
+
+def test_steps_per_second_reads_the_log_between_two_steps(tmp_path, train_run_speed):
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": k, "elapsed_s": 10 + 0.5 * k}) for k in (1, 2, 3, 4))
+                   + "\n" + json.dumps({"event": "saved"}) + "\n")
+    assert train_run_speed.steps_per_second(log, 2, 4) == pytest.approx(2.0)  # 2 steps in 1 s
+    with pytest.raises(RuntimeError, match=r"no row for step\(s\) \[6\]"):
+        train_run_speed.steps_per_second(log, 2, 6)

@@ -60,7 +60,7 @@ TRAIN_FLAGS = {
     "minutes": "minutes", "batch": "batch_size", "grad_accum": "grad_accum", "lr": "lr",
     "warmup": "warmup_steps", "prediction": "prediction", "schedule": "schedule", "timesteps": "T",
     "weighting": "weighting", "high_noise": "high_noise", "seed": "seed", "sample_every": "sample_every",
-    "save_every": "save_every", "device": "device", "precision": "precision", "compile": "compile",
+    "save_every": "save_every", "log_every": "log_every", "device": "device", "precision": "precision", "compile": "compile",
     "skip_bad": "skip_bad",
     "ema_half_life": "ema_half_life_images", "dropout": "dropout", "grid_size": "grid_size",
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
@@ -142,6 +142,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=non_negative_int, default=d.save_every,
                    help="steps between checkpoints (0: only at the end)")
     p.add_argument("--grid-size", type=positive_int, default=d.grid_size, help="images per sample grid")
+    p.add_argument("--log-every", type=positive_int, default=d.log_every,
+                   help="steps between rows of the run's log.jsonl (loss, lr, steps/s, elapsed s)")
     add_device_arguments(p, legacy_bf16=True)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images with a warning")
     p.add_argument("--text-encoder", default=None,

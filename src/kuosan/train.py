@@ -100,7 +100,8 @@ class TrainResult:
 
 # the TrainConfig fields a resumed run may change (`kuosan train --resume`); the rest come from
 # the checkpoint
-RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "device", "precision", "compile"}
+RESUMABLE = {"steps", "minutes", "sample_every", "save_every", "log_every", "device", "precision",
+             "compile"}
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
