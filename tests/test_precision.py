@@ -229,3 +229,19 @@ def test_steps_per_second_reads_the_log_between_two_steps(tmp_path, train_run_sp
     assert train_run_speed.steps_per_second(log, 2, 4) == pytest.approx(2.0)  # 2 steps in 1 s
     with pytest.raises(RuntimeError, match=r"no row for step\(s\) \[6\]"):
         train_run_speed.steps_per_second(log, 2, 6)
+
+
+@pytest.mark.parametrize(("device", "mode", "fused"), [("cuda", "reduce-overhead", True), ("cpu", None, True),
+                                                       ("meta", None, None)])
+def test_the_gpu_paths_pick_cuda_graphs_and_the_fused_adamw(monkeypatch, device, mode, fused):
+    """What runs only on a GPU, checked on the CPU: --compile asks for CUDA graphs
+    ("reduce-overhead") on CUDA and the default mode elsewhere; AdamW is fused on CUDA and CPU."""
+    from kuosan.optim import adamw
+    from kuosan.precision import compile_network
+
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    compile_network(UNet(unet_preset("xs", in_channels=1, out_channels=1, image_size=8)), device)
+    assert modes == [mode]
+    opt = adamw([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, device)
+    assert opt.defaults["fused"] is fused
