@@ -221,3 +221,31 @@ def test_export_attribution_reaches_every_png(tiny_text_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tiny_text_run), "--out", str(tmp_path / "x"), "--attribution", " "]) == 2
     assert "--attribution" in capsys.readouterr().err
+
+
+def test_info_describes_bundled_models_and_runs_without_loading_them(tiny_text_run, tmp_path, capsys):
+    """`kuosan info`: every bundled model when none is named; a run's step from its training
+    state; the digest PNGs carry; --json; a bad name or a broken folder exits 2 naming it."""
+    from kuosan import Pipeline
+    from kuosan.checkpoint import bundled_models, weights_digest
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}  (bundled with kuosan)" in out for name in bundled_models())
+    assert "text to image, 32×32 RGB" in out and "flat, glossy" in out
+    assert main(["info", str(tiny_text_run), "emoji-32", "--json"]) == 0
+    run, emoji = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    state = json.loads((tiny_text_run / "training_state.json").read_text())
+    assert run["trained"] == {"step": state["step"], "images_seen": state["images_seen"]}
+    assert run["digest"] == weights_digest(tiny_text_run) == Pipeline.load(tiny_text_run).digest
+    assert run["bundled"] is False and run["styles"] == [] and run["task"] == "text to image"
+    assert emoji["trained"]["exported"] and emoji["network"]["parameters"] > 1_000_000
+    assert emoji["captions"] > 1000 and emoji["attribution"].startswith("Emoji graphics")
+    assert main(["info", "nonesuch"]) == 2
+    assert "'nonesuch' is neither a checkpoint folder" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_text_run / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    assert main(["info", str(broken)]) == 2
+    assert "cannot read" in capsys.readouterr().err

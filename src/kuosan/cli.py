@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -291,6 +292,34 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- info --------------------------------------------------------------------------------------
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info", help="what a model is: task, size, network, styles, defaults, training, credit",
+        description="Describe checkpoint folders or bundled models (every bundled one when none "
+                    "is named) from their files, without loading them: what they draw, the "
+                    "network, the styles and captions they know, the sampling defaults, how far "
+                    "they were trained, the weights' digest (the PNGs' \"Model hash\") and the "
+                    "credit their training data asks for.")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="checkpoint folder or bundled model name")
+    p.add_argument("--json", action="store_true", help="one JSON object per model, a line each")
+    p.set_defaults(func=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .checkpoint import bundled_models
+    from .model_info import describe, summary
+
+    infos = [describe(m) for m in (args.models or bundled_models())]
+    if args.json:
+        print("\n".join(json.dumps(i, ensure_ascii=False) for i in infos))
+    else:
+        print("\n\n".join("\n".join(summary(i)) for i in infos))
+    return 0
+
+
 # ---- serve -------------------------------------------------------------------------------------
 
 
@@ -339,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kuosan", description="kuosan (扩散): diffusion models — train, sample, evaluate.")
     parser.add_argument("--version", action="version", version=f"kuosan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_sample, add_generate, add_edit, add_eval, add_export, add_serve):
+    for add in (add_train, add_sample, add_generate, add_edit, add_eval, add_export, add_info,
+                add_serve):
         add(sub)
     return parser
 
@@ -365,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except KuosanError as err:
         print(f"kuosan: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kuosan info | head`: the reader left before the end
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
 
 
 if __name__ == "__main__":
