@@ -123,7 +123,7 @@ def summary(info: dict[str, Any]) -> list[str]:
         row("captions", f"{info['captions']:,} (captions.json: --enhance maps free words onto them)")
     guidance = f", guidance {info['guidance']:g}" if info["guidance"] is not None else ""
     precision = info["precision"]
-    row("sampling", f"{info['sampler']}{guidance} (generate, the edits); --precision auto is {precision['auto']} on this "
+    row("sampling", f"{info['sampler']}{guidance} by default; --precision auto is {precision['auto']} on this "
                     f"machine ({precision['device']})")
     t = info["trained"]
     if t.get("exported"):
