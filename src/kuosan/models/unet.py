@@ -210,8 +210,8 @@ class Dropout(nn.Module):
     On the CPU the mask is read off 16-bit lanes of random int64 words (one word draws four
     elements; p rounded to a multiple of 1/65536, and 1 − p of that p rescales, so E[y] = x
     exactly): torch's CPU ``bernoulli_``, which ``nn.Dropout`` calls, draws every element on its
-    own and took 6–9 % of an `s` UNet's training step (7.6 against 1.4 ms for 2²⁰ elements on
-    two Zen 4 cores). Elsewhere (CUDA) it is ``F.dropout``. Both draw from torch's generator of
+    own and took 6–9 % of an `s` UNet's training step in a profile on two Zen 4 cores (the gain:
+    ``benchmarks/train_speed.py --variants fp32-before``). Elsewhere (CUDA) it is ``F.dropout``. Both draw from torch's generator of
     the device, so a seeded step draws the same mask."""
 
     def __init__(self, p: float):
