@@ -243,14 +243,18 @@ def load_config(folder: str | Path) -> dict:
     return config
 
 
-def load_weights(folder: str | Path, which: str = "ema") -> tuple[dict[str, Tensor], int | None]:
-    """The model weights: ``which="ema"`` (falls back to the raw weights if there is no EMA
+def weights_file(folder: str | Path, which: str = "ema") -> Path:
+    """The weights file of a checkpoint: ``which="ema"`` (the raw weights if there is no EMA
     file) or ``"model"``."""
     folder = Path(folder)
     if which not in ("ema", "model"):
         raise KuosanError(f"unknown weights {which!r}: expected ema or model")
-    path = folder / EMA if which == "ema" and (folder / EMA).is_file() else folder / MODEL
-    return read_tensors(path)
+    return folder / EMA if which == "ema" and (folder / EMA).is_file() else folder / MODEL
+
+
+def load_weights(folder: str | Path, which: str = "ema") -> tuple[dict[str, Tensor], int | None]:
+    """The model weights (:func:`weights_file`) and their step stamp."""
+    return read_tensors(weights_file(folder, which))
 
 
 def weights_digest(folder: str | Path) -> str:
@@ -258,10 +262,8 @@ def weights_digest(folder: str | Path) -> str:
     the "Model hash" that generated PNGs carry."""
     import hashlib
 
-    folder = Path(folder)
-    path = folder / EMA if (folder / EMA).is_file() else folder / MODEL
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(weights_file(folder), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:12]

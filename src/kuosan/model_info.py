@@ -21,12 +21,11 @@ from safetensors import SafetensorError, safe_open
 from .checkpoint import (
     BUNDLED,
     CAPTIONS,
-    EMA,
-    MODEL,
     STATE_JSON,
     load_config,
     resolve_model,
     weights_digest,
+    weights_file,
 )
 from .errors import KuosanError
 from .precision import resolve_precision
@@ -45,7 +44,7 @@ def weights_header(path: Path) -> tuple[int, int | None]:
 
 def describe(model: str | Path) -> dict[str, Any]:
     """What the checkpoint folder or bundled model ``model`` holds, as a JSON-able dict."""
-    from .pipeline import pick_device
+    from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, pick_device
 
     folder = resolve_model(model)
     config = load_config(folder)
@@ -54,8 +53,7 @@ def describe(model: str | Path) -> dict[str, Any]:
     text = config.get("text_encoder") or None
     kind = data.get("kind", "image")
     task = ("text to image" if text else "images, unconditional") if kind == "image" else "points"
-    weights = folder / EMA if (folder / EMA).is_file() else folder / MODEL
-    parameters, stamp = weights_header(weights)
+    parameters, stamp = weights_header(weights_file(folder))
     captions = None
     if (folder / CAPTIONS).is_file():
         try:
@@ -87,8 +85,8 @@ def describe(model: str | Path) -> dict[str, Any]:
         "text_encoder": text.get("type") if text else None,
         "styles": config.get("styles", []),
         "captions": captions,
-        "sampler": str(sampling.get("sampler", "dpmpp_2m")),  # as Pipeline.default_sampler
-        "guidance": float(sampling.get("guidance", 3.0)) if text else None,
+        "sampler": str(sampling.get("sampler", DEFAULT_SAMPLER)),  # as Pipeline.default_sampler
+        "guidance": float(sampling.get("guidance", DEFAULT_GUIDANCE)) if text else None,
         "precision": {"device": device.type, "auto": resolve_precision("auto", device)},
         "trained": trained,
         "digest": weights_digest(folder),

@@ -64,6 +64,7 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+DEFAULT_SAMPLER, DEFAULT_GUIDANCE = "dpmpp_2m", 3.0  # a checkpoint's, unless its config.json names others
 INPAINT_RESAMPLE = 5  # RePaint resamplings of Pipeline.inpaint by default (docs/editing.md)
 
 
@@ -130,7 +131,7 @@ class Pipeline:
     @property
     def default_guidance(self) -> float:
         """The checkpoint's guidance scale (config.json "sampling" → "guidance"), else 3."""
-        return float(self.config.get("sampling", {}).get("guidance", 3.0))
+        return float(self.config.get("sampling", {}).get("guidance", DEFAULT_GUIDANCE))
 
     @property
     def attribution(self) -> str | None:
@@ -148,7 +149,7 @@ class Pipeline:
     def default_sampler(self) -> str:
         """The checkpoint's sampler (config.json "sampling" → "sampler"), else "dpmpp_2m"; the
         one ``generate`` and the edits use when ``sampler`` is None."""
-        return str(self.config.get("sampling", {}).get("sampler", "dpmpp_2m"))
+        return str(self.config.get("sampling", {}).get("sampler", DEFAULT_SAMPLER))
 
     @property
     def item_pixels(self) -> int:

@@ -211,8 +211,8 @@ class Dropout(nn.Module):
     elements; p rounded to a multiple of 1/65536, and 1 − p of that p rescales, so E[y] = x
     exactly): torch's CPU ``bernoulli_``, which ``nn.Dropout`` calls, draws every element on its
     own and took 6–9 % of an `s` UNet's training step in a profile on two Zen 4 cores (the gain:
-    ``benchmarks/train_speed.py --variants fp32-before``). Elsewhere (CUDA) it is ``F.dropout``. Both draw from torch's generator of
-    the device, so a seeded step draws the same mask."""
+    ``benchmarks/train_speed.py --variants fp32-before``). Elsewhere (CUDA) it is ``F.dropout``.
+    Both draw from torch's generator of the device, so a seeded step draws the same mask."""
 
     def __init__(self, p: float):
         super().__init__()
