@@ -13,10 +13,13 @@ A scorer worth using is high on the first and low on the other two.
 
 ``--model PATH_OR_NAME`` has a text-to-image model draw each caption once (``--steps`` 20, the
 model's guidance, image i seeded ``--sample-seed`` + i) at its own size, and scores the samples;
-the real scenes' scores come beside them.
+the real scenes' scores come beside them. ``--compose MODEL`` has a model of single emoji
+(emoji-32) draw each caption through ``kuosan.scenes`` (each emoji drawn in its tile of the
+caption's layout, the same seeds and steps), scored in the same run beside ``--model``'s.
 
     OMP_NUM_THREADS=2 python3 benchmarks/emoji_scenes.py --validate
     OMP_NUM_THREADS=2 python3 benchmarks/emoji_scenes.py --model runs/emojiworld-64
+    OMP_NUM_THREADS=2 python3 benchmarks/emoji_scenes.py --model runs/emojiworld-64 --compose emoji-32
 
 Writes ``benchmarks/results/emoji_scenes[_TAG].md`` / ``.json`` / ``_grid.png`` and appends a row
 to ``benchmarks/results/emoji_scenes_history.jsonl``. Needs the emoji sources (docs/emoji.md).
@@ -127,11 +130,16 @@ def save_grid(path: Path, images: list[np.ndarray], columns: int = 8, scale: int
 
 
 def generate(model: str, captions: list[str], steps: int, guidance: float | None, seed: int,
-             size: int) -> list[np.ndarray]:
+             size: int, compose: bool = False) -> list[np.ndarray]:
+    """Image i of ``model`` for captions[i], seeded seed + i; ``compose``: ``model`` draws single
+    emoji, laid out by ``kuosan.scenes.ScenePipeline`` on a size × size canvas."""
     from kuosan import Pipeline
+    from kuosan.scenes import ScenePipeline
 
     pipe = Pipeline.load(model)
-    if pipe.info.shape != (3, size, size):
+    if compose:
+        pipe = ScenePipeline(pipe, size)
+    elif pipe.info.shape != (3, size, size):
         raise KuosanError(f"'{model}' makes {pipe.info.shape} images; the scenes are 3×{size}×{size} "
                           f"(--size)")
     out = []
@@ -146,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--validate", action="store_true", help="score real scenes (the scorer's check)")
     p.add_argument("--model", help="checkpoint folder or bundled name to score")
+    p.add_argument("--compose", metavar="MODEL",
+                   help="a model of single emoji (emoji-32) to score through kuosan.scenes")
     p.add_argument("--n", type=int, default=64, help="scenes per (group, kind); 5 of them")
     p.add_argument("--size", type=int, default=64, help="scene canvas side")
     p.add_argument("--seed", type=int, default=23, help="scene draw")
@@ -157,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="what else ran (for the report)")
     p.add_argument("--no-history", action="store_true")
     args = p.parse_args(argv)
-    if not args.validate and not args.model:
-        p.error("say --validate, --model PATH, or both")
+    if not (args.validate or args.model or args.compose):
+        p.error("say --validate, --model PATH, --compose MODEL, or several")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -188,17 +198,22 @@ def main(argv: list[str] | None = None) -> int:
                 result["tables"][key] = rows_by_group(drawn, score_all(recogniser, real, specs2,
                                                                        index))
                 lines += table(f"real scenes, {key}", result["tables"][key]) + [""]
-        per = min(4 if args.model else 8, args.n)
+        columns = [real]
+        for key, model, compose in (("samples", args.model, False),
+                                    ("composed", args.compose, True)):
+            if not model:
+                continue
+            samples = generate(model, captions, args.steps, args.guidance, args.sample_seed,
+                               args.size, compose)
+            result["model" if key == "samples" else "compose"] = model
+            result["tables"][key] = rows_by_group(drawn, score_all(recogniser, samples, specs,
+                                                                   index))
+            what = f"{model} through kuosan.scenes" if compose else model
+            lines += table(f"samples of {what}", result["tables"][key]) + [""]
+            columns.append(samples)
+        per = max(1, min(8 // len(columns), args.n))
         shown = [g * args.n + j for g in range(len(GROUPS)) for j in range(per)]
-        images = [real[i] for i in shown]
-        if args.model:
-            samples = generate(args.model, captions, args.steps, args.guidance, args.sample_seed,
-                               args.size)
-            result["model"] = args.model
-            result["tables"]["samples"] = rows_by_group(
-                drawn, score_all(recogniser, samples, specs, index))
-            lines += table(f"samples of {args.model}", result["tables"]["samples"]) + [""]
-            images = [im for i in shown for im in (real[i], samples[i])]
+        images = [column[i] for i in shown for column in columns]
     except KuosanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -206,15 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     base = RESULTS / f"emoji_scenes{'_' + args.tag if args.tag else ''}"
     base.parent.mkdir(parents=True, exist_ok=True)
     grid = base.with_name(base.name + "_grid.png")
-    save_grid(grid, images)
-    what = "real scene, then sample, for each caption" if args.model else "real scenes"
+    save_grid(grid, images, columns=per * len(columns))  # one row per group
+    what = ("real scenes" if len(columns) == 1 else "for each caption: the real scene, then "
+            + ", then ".join(f"the sample of {m}" for m in (args.model, args.compose) if m))
     lines += [f"![scenes]({grid.name})", "", f"The grid ({what}), row by row: "
               + "; ".join(f"*{captions[i]}*" for i in shown)]
     base.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     base.with_suffix(".json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     print("\n".join(lines))
     if not args.no_history:
-        record(base, "emoji_scenes", model=args.model or "real", command=result["command"],
+        models = [m for m in (args.model, args.compose and f"{args.compose} (scenes)") if m]
+        record(base, "emoji_scenes", model=", ".join(models) or "real", command=result["command"],
                figures={k: {g: r.get("satisfied") for g, r in t.items()}
                         for k, t in result["tables"].items()}, note=args.note)
     return 0

@@ -284,3 +284,14 @@ def test_benchmark_generates_one_picture_per_caption_at_the_model_size(bench, ti
     assert np.array_equal(images[1], again[0])  # image i is seeded seed + i
     with pytest.raises(KuosanError, match="--size"):
         bench.generate(str(tiny_text_run), captions, steps=2, guidance=None, seed=0, size=64)
+
+
+def test_benchmark_composes_scenes_with_a_model_of_single_emoji(bench):
+    captions = ["a red apple to the left of a fox face, glossy style", "an owl at the top, flat style"]
+    images = bench.generate("emoji-32", captions, steps=2, guidance=None, seed=0, size=64,
+                            compose=True)
+    assert len(images) == 2 and all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in images)
+    again = bench.generate("emoji-32", captions[1:], steps=2, guidance=None, seed=1, size=64,
+                           compose=True)
+    assert np.array_equal(images[1], again[0])  # image i is seeded seed + i, as without compose
+    assert (images[1][40:] == 255).all()  # the owl at the top: the bottom stays white

@@ -34,6 +34,7 @@ from .pipeline import Pipeline
 from .request import Request
 from .result import Result
 from .samplers import SAMPLERS, SPACINGS, model_evaluations
+from .scenes import ScenePipeline
 from .train import points_image
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -190,6 +191,11 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="rewrite the prompt into the model's caption language first "
                         "(docs/enhance.md); the PNG keeps the rewrite and, as user_prompt, the "
                         "prompt as typed")
+    p.add_argument("--scene", type=positive_int, nargs="?", const=64, default=None, metavar="SIZE",
+                   help="draw a scene caption ('a red apple to the left of a fox face, glossy "
+                        "style') with a model of single emoji: each emoji drawn by the model in "
+                        "its place on a SIZE×SIZE canvas (64 when SIZE is left out; "
+                        "docs/emoji-scenes.md)")
 
 
 def _edit_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
@@ -253,6 +259,7 @@ def _from_png(args: argparse.Namespace) -> None:
     args.steps, args.guidance = params["steps"], params["guidance"]
     args.num = params.get("num", 1)
     args.model = args.model or params["model"]
+    args.scene = args.scene or params.get("scene_size")
     if args.precision == "auto":
         args.precision = params.get("precision", "fp32")
 
@@ -293,8 +300,11 @@ def run_task(args: argparse.Namespace) -> int:
         inputs = {"image": _open_image(args.image, "IMAGE")}
         if task == "inpaint":
             inputs["mask_image"] = _open_image(args.mask, "--mask")
-    pipe = Pipeline.load(args.model, device=args.device, precision=args.precision,
-                         compile=args.compile, limits=limits)
+    pipe: Pipeline | ScenePipeline = Pipeline.load(
+        args.model, device=args.device, precision=args.precision, compile=args.compile,
+        limits=limits)
+    if getattr(args, "scene", None) is not None:
+        pipe = ScenePipeline(pipe, args.scene)
     extra = {"user_prompt": args.prompt} if getattr(args, "enhance", False) else {}
     if extra:
         args.prompt = pipe.enhance_prompt(args.prompt)

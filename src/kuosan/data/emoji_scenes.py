@@ -55,6 +55,7 @@ from kuosan.defaults import cache_folder
 from kuosan.errors import KuosanError
 
 __all__ = [
+    "GRAMMAR_WORDS",
     "KIND_WEIGHTS",
     "PAIR_MODULUS",
     "RELATIONS",
@@ -65,6 +66,8 @@ __all__ = [
     "format_caption",
     "is_held_out_pair",
     "make_scene_dataset",
+    "paste_tiles",
+    "place_tiles",
     "random_scene",
     "render_scene",
     "scene_concepts",
@@ -200,44 +203,62 @@ def random_scene(rng: np.random.Generator, entries: Sequence[EmojiEntry],
         raise KuosanError(f"unknown scene kind {kind!r}: expected one of {list(COUNTS)}")
     if kind == "single" and holdout == "only":
         raise KuosanError("a single-emoji scene has no pair to hold out")
-    count = COUNTS[kind]
-    chosen = _pick_concepts(rng, concepts[style], entries, count, holdout)
+    chosen = _pick_concepts(rng, concepts[style], entries, COUNTS[kind], holdout)
+    tiles, relation, position = place_tiles(rng, size, kind)
+    placed = tuple(Placed(e, x, y, side) for e, (x, y, side) in zip(chosen, tiles, strict=True))
+    return Scene(kind, placed, style, size, relation=relation, position=position)
+
+
+def place_tiles(rng: np.random.Generator, size: int, kind: Kind, relation: str | None = None,
+                position: str | None = None) -> tuple[list[tuple[int, int, int]], str | None, str | None]:
+    """Tiles (x, y, side) for the emoji of a ``kind`` of scene, in caption order, by the
+    module docstring's geometry; the pair's ``relation`` or the single emoji's ``position`` is
+    drawn when None. Returns (tiles, relation, position): relation None unless a pair, position
+    None unless a single emoji."""
+    if kind not in COUNTS:
+        raise KuosanError(f"unknown scene kind {kind!r}: expected one of {list(COUNTS)}")
     lo, hi = SIDES[kind]
-    sides = [int(rng.integers(round(lo * size), round(hi * size) + 1)) for _ in chosen]
+    sides = [int(rng.integers(round(lo * size), round(hi * size) + 1)) for _ in range(COUNTS[kind])]
     if kind == "single":
-        position = str(rng.choice(list(POSITIONS)))
+        if position is None:
+            position = str(rng.choice(list(POSITIONS)))
         x, y = _place_single(rng, size, sides[0], position)
-        return Scene(kind, (Placed(chosen[0], x, y, sides[0]),), style, size, position=position)
-    relation = str(rng.choice(RELATIONS)) if kind == "pair" else "to the left of"
-    order = sides[::-1] if relation in ("to the right of", "below") else sides
-    starts = _place_along(rng, size, order)
+        return [(x, y, sides[0])], None, position
+    if kind == "pair" and relation is None:
+        relation = str(rng.choice(RELATIONS))
+    axis = relation if kind == "pair" else "to the left of"
+    flipped = axis in ("to the right of", "below")
+    starts = _place_along(rng, size, sides[::-1] if flipped else sides)
     if starts is None:
-        raise KuosanError(f"{count} tiles of sides {sides} do not fit a {size}-pixel canvas")
-    if relation in ("to the right of", "below"):
+        raise KuosanError(f"{len(sides)} tiles of sides {sides} do not fit a {size}-pixel canvas")
+    if flipped:
         starts = starts[::-1]
-    placed = []
-    for n, (entry, side) in enumerate(zip(chosen, sides, strict=True)):
+    tiles = []
+    for along, side in zip(starts, sides, strict=True):
         if kind == "row":
             mid = size / 2 + rng.uniform(-size / 8, size / 8)
             across = int(np.clip(round(mid - side / 2), 0, size - side))
         else:
             across = int(rng.integers(0, size - side + 1))
-        along = starts[n]
-        x, y = (along, across) if relation in ("to the left of", "to the right of") else (across, along)
-        placed.append(Placed(entry, x, y, side))
-    return Scene(kind, tuple(placed), style, size, relation=relation if kind == "pair" else None)
-
+        x, y = (along, across) if axis in ("to the left of", "to the right of") else (across, along)
+        tiles.append((x, y, side))
+    return tiles, (relation if kind == "pair" else None), None
 
 def render_scene(scene: Scene, pictures: torch.Tensor) -> np.ndarray:
     """(size, size, 3) uint8: each emoji's picture (``pictures[entry]``, (3, P, P) uint8 on
     white, P ≥ its tile) resized to its tile (Lanczos) and put in place on white."""
-    canvas = np.full((scene.size, scene.size, 3), 255, dtype=np.uint8)
-    for o in scene.objects:
-        tile = Image.fromarray(pictures[o.entry].permute(1, 2, 0).numpy())
-        tile = tile.resize((o.side, o.side), Image.Resampling.LANCZOS)
-        canvas[o.y:o.y + o.side, o.x:o.x + o.side] = np.asarray(tile)
-    return canvas
+    return paste_tiles(scene.size, [(pictures[o.entry], o.x, o.y, o.side) for o in scene.objects])
 
+
+def paste_tiles(size: int, tiles: Sequence[tuple[torch.Tensor, int, int, int]]) -> np.ndarray:
+    """(size, size, 3) uint8 white canvas with each (picture, x, y, side) put in place: the
+    picture ((3, P, P) uint8 on white) resized (Lanczos) to side × side, its corner at (x, y)."""
+    canvas = np.full((size, size, 3), 255, dtype=np.uint8)
+    for picture, x, y, side in tiles:
+        tile = Image.fromarray(picture.permute(1, 2, 0).numpy())
+        tile = tile.resize((side, side), Image.Resampling.LANCZOS)
+        canvas[y:y + side, x:x + side] = np.asarray(tile)
+    return canvas
 
 def make_scene_dataset(
     n: int, pictures: torch.Tensor, entries: Sequence[EmojiEntry], size: int = 64,
