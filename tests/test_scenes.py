@@ -75,7 +75,7 @@ def test_each_emoji_is_the_models_own_drawing_in_its_tile_on_white(emoji32):
     scenes = ScenePipeline(emoji32, 64)
     result = scenes.generate([PAIR, ROW], num_inference_steps=2, seed=5)
     assert len(result) == 2 and result.seeds == [5, 6] and result.prompts == [PAIR, ROW]
-    assert result.settings["scene_size"] == 64 and result.model == "emoji-32"
+    assert result.settings["scene"] == 64 and result.model == "emoji-32"
     assert result.sampler == emoji32.default_sampler and result.steps == 2
     for i, (image, caption) in enumerate(zip(result, [PAIR, ROW], strict=True)):
         assert image.size == (64, 64) and image.mode == "RGB"
@@ -107,7 +107,7 @@ def test_bad_scenes_are_refused_before_any_work(emoji32):
                                           r"fox'.*--enhance"):
         scenes.generate(["a red apple at the top, flat style", "a red apple near a fox"])
     for size in (40, 16, 512, 64.0, True):
-        with pytest.raises(KuosanError, match=r"scene size \(--scene\) must be a multiple of 16"):
+        with pytest.raises(KuosanError, match=r"scene size must be a multiple of 16"):
             ScenePipeline(emoji32, size)
     with pytest.raises(KuosanError, match="seed="):
         scenes.generate(PAIR, generator=torch.Generator())
@@ -142,7 +142,7 @@ def test_command_scene_writes_and_reproduces_a_scene(tmp_path, capsys):
     with Image.open(out) as img:
         assert img.size == (64, 64)
         params = json.loads(img.text["kuosan"])
-    assert params["scene_size"] == 64 and params["prompt"] == PAIR
+    assert params["scene"] == 64 and params["prompt"] == PAIR
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), "--out", str(again)]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
@@ -152,4 +152,4 @@ def test_command_scene_writes_and_reproduces_a_scene(tmp_path, capsys):
     assert main(["generate", "a red apple near a fox", "--scene", "--out", str(out)]) == 2
     assert "cannot parse the scene caption" in capsys.readouterr().err
     assert main(["generate", PAIR, "--scene", "40", "--out", str(out)]) == 2
-    assert "--scene" in capsys.readouterr().err
+    assert "scene size must be a multiple of 16 from 32 to 256, got 40" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from PIL import Image
 from kuosan import Pipeline
 from kuosan.cli import main
 from kuosan.limits import WEB
+from kuosan.scenes import ScenePipeline
 from kuosan.web import Policy, check_listen, create_app
 from kuosan.web.app import uvicorn_server
 from kuosan.web.guard import MAX_BODY
@@ -123,6 +124,7 @@ def test_page_info_and_removed_routes(server):
     assert status == 200 and info["size"] == [32, 32] and info["text"]
     assert info["attribution"] is None  # a model without one (a credit is set by kuosan export)
     assert info["styles"] == []  # a ShapesWorld model has no art styles
+    assert info["scene_sizes"] == []  # nor scenes of emoji (the API takes them all the same)
     assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
     # every limit the server enforces, the seed range among them
     assert {k: info["limits"][k] for k in WEB.as_dict()} == WEB.as_dict()
@@ -161,6 +163,29 @@ def test_enhance_rewrites_the_prompt_and_keeps_what_was_typed(server, pipe):
     assert params["prompt"] == rewrite and params["user_prompt"] == typed
     status, _, answer = server.request("POST", "/api/jobs", {"prompt": typed, "enhance": "yes"})
     assert status == 422 and answer["error"].startswith("enhance:")
+
+
+def test_a_scene_job_draws_each_emoji_in_its_place(server, pipe):
+    caption = "a red apple to the left of a fox face, flat style"
+    job = server.wait(server.submit({"prompt": caption, "scene": 64, "num": 2, "steps": 2,
+                                     "seed": 3}))
+    assert job["state"] == "done" and job["progress"] == 1.0 and job["parameters"]["scene"] == 64
+    expected = ScenePipeline(pipe, 64).generate(caption, num_images_per_prompt=2,
+                                                num_inference_steps=2, seed=3)
+    for url, want in zip(job["images"], expected, strict=True):
+        _, _, answer = server.request("GET", url)
+        img = Image.open(io.BytesIO(answer["raw"]))
+        assert img.size == (64, 64) and np.array_equal(np.asarray(img.convert("RGB")), np.asarray(want))
+        assert json.loads(img.text["kuosan"])["scene"] == 64
+    row = "a red apple, a fox face and a dog in a row, flat style"
+    for body, says in (({"prompt": caption, "scene": 40}, "scene: scene size must be a multiple of 16"),
+                       ({"prompt": caption, "scene": 64, "task": "vary", "image": WHITE},
+                        "scene: only task generate"),
+                       ({"prompt": "a red apple near a fox", "scene": 64}, "prompt: cannot parse"),
+                       # three emoji a scene: 16 × 25 × 3·32² is past the work limit (16 × 25 × 32² is not)
+                       ({"prompt": row, "scene": 64, "num": 16, "steps": 25}, "16×25×3072")):
+        status, _, answer = server.request("POST", "/api/jobs", body)
+        assert status == 422 and says in answer["error"], answer
 
 
 def test_seed_random_by_default_and_the_maximum_accepted(server):

@@ -70,6 +70,7 @@ def png_bytes(img: Image.Image, text: dict[str, str] | None = None) -> bytes:
 
 
 def test_generate_with_progress_then_history_after_reload(page):
+    assert not page.is_visible("#sceneBox")  # scenes are offered for emoji models
     page.fill("#prompt", "a red circle")
     page.fill("#num", "2")
     page.fill("#steps", "40")
@@ -198,6 +199,16 @@ def test_an_emoji_model_offers_its_styles(browser, tmp_path):
         page.wait_for_selector("#results figure img")
         alt = page.get_attribute("#results figure img", "alt")
         assert alt.startswith("red apple, glossy style"), alt
+        # a scene: each emoji drawn in its place on a 64×64 canvas (kuosan.scenes)
+        assert page.is_visible("#sceneBox")
+        page.fill("#prompt", "a red apple to the left of a fox face")
+        page.check("#scene")
+        page.fill("#num", "1")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#results figure img')?.alt"
+                               ".startsWith('a red apple to the left of a fox face, glossy style')")
+        page.wait_for_function("document.querySelector('#results figure img').naturalWidth > 0")
+        assert page.evaluate("document.querySelector('#results figure img').naturalWidth") == 64
     finally:
         context.close()
         s.close()

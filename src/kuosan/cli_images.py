@@ -259,7 +259,7 @@ def _from_png(args: argparse.Namespace) -> None:
     args.steps, args.guidance = params["steps"], params["guidance"]
     args.num = params.get("num", 1)
     args.model = args.model or params["model"]
-    args.scene = args.scene or params.get("scene_size")
+    args.scene = args.scene or params.get("scene")
     if args.precision == "auto":
         args.precision = params.get("precision", "fp32")
 

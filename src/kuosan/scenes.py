@@ -95,8 +95,8 @@ class ScenePipeline:
             raise KuosanError(f"scenes need a text-to-image model of single emoji; '{pipe.name}' "
                               f"is not one")
         if isinstance(size, bool) or not isinstance(size, int) or size not in SCENE_SIZES:
-            raise KuosanError(f"scene size (--scene) must be a multiple of 16 from "
-                              f"{SCENE_SIZES.start} to {SCENE_SIZES.stop - 1}, got {size!r}")
+            raise KuosanError(f"scene size must be a multiple of 16 from {SCENE_SIZES.start} "
+                              f"to {SCENE_SIZES.stop - 1}, got {size!r}")
         self.pipe, self.size = pipe, size
         self._language: SceneLanguage | None = None
 
@@ -171,7 +171,7 @@ class ScenePipeline:
                       for i in rows]
             yield replace(drawn, images=images, seeds=seeds,
                           prompts=[prompts[i // request.num_images_per_prompt] for i in rows],
-                          settings={**drawn.settings, "scene_size": self.size})
+                          settings={**drawn.settings, "scene": self.size})
 
     def enhance_prompt(self, text: str) -> str:
         """Free words as a scene caption of the emoji this model draws (its captions.json,

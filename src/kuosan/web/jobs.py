@@ -28,6 +28,7 @@ from ..errors import KuosanError
 from ..images import to_pil
 from ..metadata import png_text, read_parameters
 from ..pipeline import Pipeline
+from ..scenes import ScenePipeline
 from ..schedule import x0_eps_from_output
 from .parse import Spec
 
@@ -164,7 +165,8 @@ class Jobs:
         done = 0
         own = {k: spec.parameters[k] for k in ("user_prompt",) if k in spec.parameters}
         try:
-            for result in self.pipe.batches(replace(spec.request, callback=callback)):
+            runner = ScenePipeline(self.pipe, spec.scene) if spec.scene else self.pipe
+            for result in runner.batches(replace(spec.request, callback=callback)):
                 for i in range(len(result)):
                     name = f"{job.id}-{done:02d}.png"
                     write_png(self.outputs / name, result[i], png_text(result, i, own))

@@ -26,14 +26,15 @@ from ..pipeline import Pipeline
 from ..request import TASKS, Request
 from ..samplers import SAMPLERS
 from ..samplers.table import model_evaluations
+from ..scenes import SCENE_SIZES, ScenePipeline
 from .guard import Refused
 
 SEED_MAX = 2**32 - 1  # seeds 0 … 2³² − 1: exact in JavaScript numbers; image i is seeded seed + i
 UPLOAD_PIXELS = 4096 * 4096  # the largest vary/img2img upload decoded (then resized)
 GUIDANCE_MAX = 50.0
 FEATHER_MAX = 64.0
-FIELDS = {"task", "prompt", "enhance", "negative_prompt", "num", "steps", "guidance", "seed", "sampler",
-          "image", "mask", "strength", "resample", "feather", *SIDES}
+FIELDS = {"task", "prompt", "enhance", "scene", "negative_prompt", "num", "steps", "guidance", "seed",
+          "sampler", "image", "mask", "strength", "resample", "feather", *SIDES}
 # what each limit is called in the JSON (Limits.check's names)
 NAMES = {"images": "num", "steps": "steps", "resample": "resample", "pixels": "image",
          "work": "num × steps × resample × pixels", **{s: s for s in SIDES},
@@ -44,11 +45,13 @@ _DATA_URL = re.compile(r"data:image/(png|jpeg|webp);base64,", re.IGNORECASE)
 @dataclass(frozen=True)
 class Spec:
     """A checked job: the ``request`` to run, its ``parameters`` as the client may send them
-    again (seed resolved) and the model ``evaluations`` it is expected to take (progress)."""
+    again (seed resolved), the model ``evaluations`` it is expected to take (progress) and the
+    ``scene`` canvas side when the request is a scene of ``kuosan.scenes`` (else None)."""
 
     request: Request
     parameters: dict[str, Any]
     evaluations: int
+    scene: int | None = None
 
 
 def parse_job(body: object, pipe: Pipeline) -> Spec:
@@ -63,13 +66,22 @@ def parse_job(body: object, pipe: Pipeline) -> Spec:
     negative = _text(body, "negative_prompt") or None
     if (prompt or negative) and not pipe.is_text_conditioned:
         raise Refused(422, f"prompt: '{pipe.name}' is not a text-to-image model: leave it empty")
+    scene = _int(body, "scene", None, SCENE_SIZES.start, SCENE_SIZES.stop - 1)
+    scenes = None
+    if scene is not None:
+        if task != "generate":
+            raise Refused(422, f"scene: only task generate draws a scene, not {task}")
+        try:
+            scenes = ScenePipeline(pipe, scene)
+        except KuosanError as err:
+            raise Refused(422, f"scene: {err}") from None
     user_prompt = None
     enhance = _value(body, "enhance")
     if enhance is not None and not isinstance(enhance, bool):
         raise Refused(422, f"enhance: expected true or false, got {_show(enhance)}")
     if enhance:
         try:  # the free text in the model's caption language (docs/enhance.md)
-            user_prompt, prompt = prompt, pipe.enhance_prompt(prompt)
+            user_prompt, prompt = prompt, (scenes or pipe).enhance_prompt(prompt)
         except KuosanError as err:
             raise Refused(422, f"enhance: {err}") from None
     num = _int(body, "num", 1, 1)
@@ -142,11 +154,21 @@ def parse_job(body: object, pipe: Pipeline) -> Spec:
     if task in ("inpaint", "outpaint") and pixels > window * window:  # checked: not too large
         evaluations *= len(window_plan(mask[0], window))
     request = Request(task, prompt, negative, num, steps, guidance, seed, None, sampler, **fields)
+    if scenes is not None:  # the caption parsed, the limits on its emoji (before any work)
+        try:
+            scenes.batches(request)
+            emoji = num * len(scenes.layout(prompt, seed))
+        except LimitError as err:
+            raise Refused(422, str(err.named(NAMES))) from None
+        except KuosanError as err:
+            raise Refused(422, f"prompt: {err}") from None
+        evaluations *= math.ceil(emoji / request.batch_size)  # the emoji's batches
+        own["scene"] = scene
     parameters = {"task": task, "prompt": prompt, "negative_prompt": negative, "num": num,
                   "steps": steps, "guidance": guidance, "seed": seed, "sampler": sampler, **own}
     if user_prompt is not None:
         parameters["user_prompt"] = user_prompt
-    return Spec(request, parameters, max(1, evaluations))
+    return Spec(request, parameters, max(1, evaluations), scene)
 
 
 def _check_limits(pipe: Pipeline, **asked: Any) -> None:
