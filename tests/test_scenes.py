@@ -125,6 +125,10 @@ def test_a_model_without_captions_draws_no_scene():
         pipe = SimpleNamespace(is_text_conditioned=text, info=SimpleNamespace(kind=kind), name="m")
         with pytest.raises(KuosanError, match="'m' is not one"):
             ScenePipeline(pipe, 64)
+    world = SimpleNamespace(is_text_conditioned=True, info=SimpleNamespace(kind="image", name="emojiworld"),
+                            name="w")
+    with pytest.raises(KuosanError, match="'w' draws whole scenes itself"):
+        ScenePipeline(world, 64)
 
 
 def test_free_words_become_a_scene_of_the_models_emoji(emoji32):
@@ -153,3 +157,17 @@ def test_command_scene_writes_and_reproduces_a_scene(tmp_path, capsys):
     assert "cannot parse the scene caption" in capsys.readouterr().err
     assert main(["generate", PAIR, "--scene", "40", "--out", str(out)]) == 2
     assert "scene size must be a multiple of 16 from 32 to 256, got 40" in capsys.readouterr().err
+
+
+def test_a_changed_name_redraws_only_its_own_emoji(emoji32):
+    """The layout depends on the seed and the caption's kind and relation, each emoji's noise
+    on the seed and its place in the caption: editing one NAME keeps the rest of the picture."""
+    scenes = ScenePipeline(emoji32, 64)
+    other = "a red apple to the left of a dog face, glossy style"
+    a, b = (scenes.generate(c, num_inference_steps=2, seed=7)[0] for c in (PAIR, other))
+    tiles = scenes.layout(PAIR, 7)
+    assert [(t.x, t.y, t.side) for t in tiles] == [(t.x, t.y, t.side) for t in scenes.layout(other, 7)]
+    (x0, y0, s0), (x1, y1, s1) = ((t.x, t.y, t.side) for t in tiles)
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.array_equal(a[y0:y0 + s0, x0:x0 + s0], b[y0:y0 + s0, x0:x0 + s0])  # the same apple
+    assert not np.array_equal(a[y1:y1 + s1, x1:x1 + s1], b[y1:y1 + s1, x1:x1 + s1])  # fox → dog

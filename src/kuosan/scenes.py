@@ -94,6 +94,9 @@ class ScenePipeline:
         if not pipe.is_text_conditioned or pipe.info.kind != "image":
             raise KuosanError(f"scenes need a text-to-image model of single emoji; '{pipe.name}' "
                               f"is not one")
+        if getattr(pipe.info, "name", None) == "emojiworld":
+            raise KuosanError(f"'{pipe.name}' draws whole scenes itself (EmojiWorld): give it the "
+                              f"caption without --scene")
         if isinstance(size, bool) or not isinstance(size, int) or size not in SCENE_SIZES:
             raise KuosanError(f"scene size must be a multiple of 16 from {SCENE_SIZES.start} "
                               f"to {SCENE_SIZES.stop - 1}, got {size!r}")
