@@ -171,3 +171,13 @@ def test_a_changed_name_redraws_only_its_own_emoji(emoji32):
     a, b = np.asarray(a), np.asarray(b)
     assert np.array_equal(a[y0:y0 + s0, x0:x0 + s0], b[y0:y0 + s0, x0:x0 + s0])  # the same apple
     assert not np.array_equal(a[y1:y1 + s1, x1:x1 + s1], b[y1:y1 + s1, x1:x1 + s1])  # fox → dog
+
+
+def test_seeds_out_of_range_are_refused(emoji32):
+    scenes = ScenePipeline(emoji32, 64)
+    for seed in (-1, 2**70, 1.5, True, "7"):
+        with pytest.raises(KuosanError, match="a scene's seed must be an integer from 0 to"):
+            scenes.generate(SINGLE, seed=seed, num_inference_steps=1)
+    for seed in (2**64, -(2**63) - 1, 2**64 - 1, "7"):  # 2⁶⁴ - 1: image 1 of 2 would be seeded 2⁶⁴
+        with pytest.raises(KuosanError, match="seed must be an integer from"):
+            emoji32.generate("red apple", seed=seed, num_images_per_prompt=2, num_inference_steps=1)

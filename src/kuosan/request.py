@@ -21,6 +21,7 @@ from .limits import check_count
 from .samplers import Generators
 
 TASKS = ("generate", "inpaint", "outpaint", "vary", "img2img")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 EDITS = TASKS[1:]  # the tasks that take an image
 
 
@@ -98,6 +99,11 @@ class Request:
         n = edits * check_count("num_images_per_prompt", self.num_images_per_prompt)
         size = check_count("batch_size", self.batch_size)
         gen = self.generator
+        if gen is None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                            or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1] - (n - 1)):
+            raise KuosanError(f"seed must be an integer from {SEED_RANGE[0]} to "
+                              f"{SEED_RANGE[1] - (n - 1)} (for {n} images, seeded seed + i), "
+                              f"got {self.seed!r}")
         if isinstance(gen, torch.Generator):
             return iter([(range(n), gen, None)])
         if gen is not None and len(gen) != n:

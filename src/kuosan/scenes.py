@@ -44,8 +44,9 @@ from .data.emoji import split_caption
 from .data.emoji_scenes import COUNTS, GRAMMAR_WORDS, article, paste_tiles, place_tiles
 from .errors import KuosanError
 from .images import pil_to_uint8
+from .limits import check_count
 from .metrics.emoji_scenes import parse
-from .request import Request
+from .request import SEED_RANGE, Request
 from .result import Result
 
 if TYPE_CHECKING:
@@ -138,14 +139,18 @@ class ScenePipeline:
         """The scenes of a generate ``request``, ``request.batch_size`` at a time. Every
         caption is parsed and the limits checked (on the emoji drawn) before this returns."""
         if request.task != "generate":
-            raise KuosanError(f"scenes are generated, not edited: task {request.task!r} (edit a "
-                              f"scene's PNG with an EmojiWorld model, or per tile)")
+            raise KuosanError(f"scenes are only generated, not {request.task!r}: an edit runs on the "
+                              f"model itself, at its own size")
         if request.generator is not None:
             raise KuosanError("scenes are seeded with seed= (each emoji has its own seed, "
                               "module kuosan.scenes), not generator=")
         prompts = request.prompts()
-        plan = list(request.seeded_batches(len(prompts)))  # checks the count and batch_size
-        n = len(prompts) * request.num_images_per_prompt
+        n = len(prompts) * check_count("num_images_per_prompt", request.num_images_per_prompt)
+        top = (SEED_RANGE[1] - MAX_EMOJI + 1) // MAX_EMOJI - (n - 1)  # emoji seeds fit torch's
+        if isinstance(request.seed, bool) or not isinstance(request.seed, int) or not 0 <= request.seed <= top:
+            raise KuosanError(f"a scene's seed must be an integer from 0 to {top} (its layout is "
+                              f"drawn by numpy, image i seeded seed + i), got {request.seed!r}")
+        plan = list(request.seeded_batches(len(prompts)))  # checks batch_size
         try:
             layouts = [self.layout(prompts[i // request.num_images_per_prompt], request.seed + i)
                        for i in range(n)]
