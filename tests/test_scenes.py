@@ -181,3 +181,37 @@ def test_seeds_out_of_range_are_refused(emoji32):
     for seed in (2**64, -(2**63) - 1, 2**64 - 1, "7"):  # 2⁶⁴ - 1: image 1 of 2 would be seeded 2⁶⁴
         with pytest.raises(KuosanError, match="seed must be an integer from"):
             emoji32.generate("red apple", seed=seed, num_images_per_prompt=2, num_inference_steps=1)
+
+
+def test_a_layout_seed_gives_every_image_one_layout(emoji32, tmp_path, capsys):
+    scenes = ScenePipeline(emoji32, 64, layout_seed=11)
+    result = scenes.generate(PAIR, num_images_per_prompt=2, num_inference_steps=2, seed=3)
+    assert result.settings["layout_seed"] == 11 and result.seeds == [3, 4]
+    tiles = scenes.layout(PAIR, 11)
+    one, two = (np.asarray(im) for im in result)
+    inside = np.zeros((64, 64), dtype=bool)
+    for t in tiles:
+        inside[t.y:t.y + t.side, t.x:t.x + t.side] = True
+    assert (one[~inside] == 255).all() and (two[~inside] == 255).all()  # the same places
+    assert not np.array_equal(one, two)  # each image its own drawings
+    plain = ScenePipeline(emoji32, 64).generate(PAIR, num_inference_steps=2, seed=3)
+    assert "layout_seed" not in plain.settings
+    for bad in (-1, 2**63, 1.5, True):
+        with pytest.raises(KuosanError, match="layout seed must be an integer"):
+            ScenePipeline(emoji32, 64, layout_seed=bad)
+    out = tmp_path / "v.png"
+    assert main(["generate", PAIR, "--scene", "--layout-seed", "11", "--steps", "2", "--seed", "3",
+                 "--precision", "fp32", "--out", str(out)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), one)
+    assert json.loads(Image.open(out).text["kuosan"])["layout_seed"] == 11
+    capsys.readouterr()
+    assert main(["generate", "red apple", "--layout-seed", "3", "--out", str(out)]) == 2
+    assert "--layout-seed places the emoji of a scene: it needs --scene" in capsys.readouterr().err
+
+
+def test_the_command_hints_at_scene_for_a_scene_caption(tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["generate", PAIR, "--steps", "1", "--out", str(out)]) == 0
+    assert "hint: this is a scene caption; --scene" in capsys.readouterr().err
+    assert main(["generate", "red apple, flat style", "--steps", "1", "--out", str(out)]) == 0
+    assert "hint" not in capsys.readouterr().err

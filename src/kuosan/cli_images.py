@@ -34,7 +34,7 @@ from .pipeline import Pipeline
 from .request import Request
 from .result import Result
 from .samplers import SAMPLERS, SPACINGS, model_evaluations
-from .scenes import ScenePipeline
+from .scenes import ScenePipeline, is_scene_caption
 from .train import points_image
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -196,6 +196,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                         "style') with a model of single emoji: each emoji drawn by the model in "
                         "its place on a SIZE×SIZE canvas (64 when SIZE is left out; "
                         "docs/emoji-scenes.md)")
+    p.add_argument("--layout-seed", type=non_negative_int, default=None, metavar="L",
+                   help="with --scene: every image has the layout seed L draws (the same places, "
+                        "each image its own drawings); default: image i's own seed")
 
 
 def _edit_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str,
@@ -260,6 +263,8 @@ def _from_png(args: argparse.Namespace) -> None:
     args.num = params.get("num", 1)
     args.model = args.model or params["model"]
     args.scene = args.scene or params.get("scene")
+    if args.layout_seed is None:
+        args.layout_seed = params.get("layout_seed")
     if args.precision == "auto":
         args.precision = params.get("precision", "fp32")
 
@@ -286,6 +291,8 @@ def run_task(args: argparse.Namespace) -> int:
         args.model = args.model or DEFAULT_MODEL
     if out.suffix and out.suffix.lower() != ".png":
         raise KuosanError(f"--out '{out}': use a .png file or a folder name without a suffix")
+    if getattr(args, "layout_seed", None) is not None and args.scene is None:
+        raise KuosanError("--layout-seed places the emoji of a scene: it needs --scene")
     own = {flag: getattr(args, flag) for flag in TASK_FLAGS[task]}
     limits = limits_of(args)
     limits.check(images=args.num, steps=args.steps, resample=own.get("resample") or 1,
@@ -304,7 +311,10 @@ def run_task(args: argparse.Namespace) -> int:
         args.model, device=args.device, precision=args.precision, compile=args.compile,
         limits=limits)
     if getattr(args, "scene", None) is not None:
-        pipe = ScenePipeline(pipe, args.scene)
+        pipe = ScenePipeline(pipe, args.scene, args.layout_seed)
+    elif task == "generate" and pipe.info.name == "emoji" and is_scene_caption(args.prompt):
+        print("kuosan: hint: this is a scene caption; --scene draws each emoji in its place",
+              file=sys.stderr)
     extra = {"user_prompt": args.prompt} if getattr(args, "enhance", False) else {}
     if extra:
         args.prompt = pipe.enhance_prompt(args.prompt)

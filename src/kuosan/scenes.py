@@ -25,7 +25,8 @@ pictures (:func:`kuosan.data.emoji_scenes.render_scene`).
 
 Seeds: image i of a call (seeded ``seed + i``) draws its layout with numpy's
 ``default_rng(seed + i)`` and its k-th emoji with a torch generator seeded ``3·(seed + i) + k``,
-so image i is the same whatever the batch. What it cannot draw: emoji that touch or overlap, a
+so image i is the same whatever the batch. ``layout_seed=L`` gives every image the layout of
+``default_rng(L)``: one layout, each image's own drawings (variations of a scene). What it cannot draw: emoji that touch or overlap, a
 background, a caption outside the grammar (:meth:`ScenePipeline.enhance_prompt` maps free words).
 """
 
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from .enhance_scenes import SceneLanguage
     from .pipeline import Pipeline
 
-__all__ = ["MAX_EMOJI", "SCENE_SIZES", "ScenePipeline", "Tile", "object_caption", "scene_captions"]
+__all__ = ["MAX_EMOJI", "SCENE_SIZES", "ScenePipeline", "Tile", "is_scene_caption", "object_caption",
+           "scene_captions"]
 
 SCENE_SIZES = range(32, 257, 16)  # canvas sides: EmojiWorld's tiles are 0.26-0.55 of the side
 MAX_EMOJI = max(COUNTS.values())  # emoji in a scene: the seed of emoji k is 3·(seed + i) + k
@@ -87,11 +89,21 @@ def scene_captions(captions: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def is_scene_caption(text: str) -> bool:
+    """Whether ``text`` is a caption of EmojiWorld's grammar (it names places or relations)."""
+    try:
+        parse(text)
+    except KuosanError:
+        return False
+    return True
+
+
 class ScenePipeline:
     """EmojiWorld scenes drawn by ``pipe``, a text-to-image model of single emoji (module
-    docstring), on a ``size`` × ``size`` canvas (a multiple of 16 from 32 to 256)."""
+    docstring), on a ``size`` × ``size`` canvas (a multiple of 16 from 32 to 256); with
+    ``layout_seed``, every image has the layout that seed draws."""
 
-    def __init__(self, pipe: Pipeline, size: int = 64) -> None:
+    def __init__(self, pipe: Pipeline, size: int = 64, layout_seed: int | None = None) -> None:
         if not pipe.is_text_conditioned or pipe.info.kind != "image":
             raise KuosanError(f"scenes need a text-to-image model of single emoji; '{pipe.name}' "
                               f"is not one")
@@ -101,7 +113,11 @@ class ScenePipeline:
         if isinstance(size, bool) or not isinstance(size, int) or size not in SCENE_SIZES:
             raise KuosanError(f"scene size must be a multiple of 16 from {SCENE_SIZES.start} "
                               f"to {SCENE_SIZES.stop - 1}, got {size!r}")
-        self.pipe, self.size = pipe, size
+        if layout_seed is not None and (isinstance(layout_seed, bool) or not isinstance(
+                layout_seed, int) or not 0 <= layout_seed < 2**63):
+            raise KuosanError(f"layout seed must be an integer from 0 to 2**63 - 1, got "
+                              f"{layout_seed!r}")
+        self.pipe, self.size, self.layout_seed = pipe, size, layout_seed
         self._language: SceneLanguage | None = None
 
     def layout(self, caption: str, seed: int) -> list[Tile]:
@@ -152,7 +168,8 @@ class ScenePipeline:
                               f"drawn by numpy, image i seeded seed + i), got {request.seed!r}")
         plan = list(request.seeded_batches(len(prompts)))  # checks batch_size
         try:
-            layouts = [self.layout(prompts[i // request.num_images_per_prompt], request.seed + i)
+            layouts = [self.layout(prompts[i // request.num_images_per_prompt],
+                                   request.seed + i if self.layout_seed is None else self.layout_seed)
                        for i in range(n)]
         except KuosanError as err:
             raise KuosanError(f"{err} (enhance_prompt, or --enhance, maps free words to one)") from None
@@ -179,7 +196,8 @@ class ScenePipeline:
                       for i in rows]
             yield replace(drawn, images=images, seeds=seeds,
                           prompts=[prompts[i // request.num_images_per_prompt] for i in rows],
-                          settings={**drawn.settings, "scene": self.size})
+                          settings={**drawn.settings, "scene": self.size, **(
+                              {} if self.layout_seed is None else {"layout_seed": self.layout_seed})})
 
     def enhance_prompt(self, text: str) -> str:
         """Free words as a scene caption of the emoji this model draws (its captions.json,
