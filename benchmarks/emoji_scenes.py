@@ -13,7 +13,8 @@ A scorer worth using is high on the first and low on the other two.
 
 ``--model PATH_OR_NAME`` has a text-to-image model draw each caption once (``--steps`` 20, the
 model's guidance, image i seeded ``--sample-seed`` + i) at its own size, and scores the samples;
-the real scenes' scores come beside them. ``--compose MODEL`` has a model of single emoji
+the real scenes' scores come beside them, and the seconds each model took per picture (batches
+of 32, the model's loading included). ``--compose MODEL`` has a model of single emoji
 (emoji-32) draw each caption through ``kuosan.scenes`` (each emoji drawn in its tile of the
 caption's layout, the same seeds and steps), scored in the same run beside ``--model``'s.
 
@@ -203,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
                                     ("composed", args.compose, True)):
             if not model:
                 continue
+            began = time.perf_counter()
             samples = generate(model, captions, args.steps, args.guidance, args.sample_seed,
                                args.size, compose)
+            per_picture = (time.perf_counter() - began) / len(captions)  # loading included
             result["model" if key == "samples" else "compose"] = model
+            result.setdefault("seconds_per_picture", {})[key] = round(per_picture, 3)
             result["tables"][key] = rows_by_group(drawn, score_all(recogniser, samples, specs,
                                                                    index))
             what = f"{model} through kuosan.scenes" if compose else model
-            lines += table(f"samples of {what}", result["tables"][key]) + [""]
+            lines += table(f"samples of {what} ({per_picture:.2f} s a picture)",
+                           result["tables"][key]) + [""]
             columns.append(samples)
         per = max(1, min(8 // len(columns), args.n))
         shown = [g * args.n + j for g in range(len(GROUPS)) for j in range(per)]
