@@ -23,10 +23,17 @@ are almost never all in 20,000 scenes.
 
 The training captions are those of ``--model``'s captions.json, or, without a model, those that
 ``kuosan train --data emojiworld`` draws (20,000 scenes, seed 0; the emoji sources must be
-installed). Text only: no EmojiWorld model is trained yet, so no pictures are scored.
+installed). ``--compose MODEL`` reads instead the names a model of single emoji draws as scenes
+(``kuosan generate --scene --enhance``: ``kuosan.scenes.scene_captions`` of its captions.json),
+and with ``--pictures K`` also draws K pictures of every prompt (seeds 0 … K-1, 20 steps) and
+scores them with the scene scorer against the prompt's captions (``kuosan.metrics.emoji_scenes``;
+a caption without a style takes any): the prompt as typed, one picture of the model; and the
+scene language's rewrite drawn as a scene (``kuosan.scenes.ScenePipeline``, 64×64).
 
     OMP_NUM_THREADS=2 python3 benchmarks/enhance_scenes.py --threads 2 \\
         --report benchmarks/results/enhance_scenes
+    OMP_NUM_THREADS=2 python3 benchmarks/enhance_scenes.py --threads 2 --compose emoji-32 \\
+        --pictures 4 --report benchmarks/results/enhance_scenes_emoji-32
 
 ``--report PATH`` writes ``PATH.json`` and ``PATH.md`` and appends one row to
 ``benchmarks/results/enhance_scenes_history.jsonl``.
@@ -125,7 +132,14 @@ def in_training(captions: list[str], training: set[str], styles: Sequence[str]) 
                for c in captions)
 
 
-def training_captions(model: str | None) -> list[str]:
+def training_captions(model: str | None, compose: str | None = None) -> list[str]:
+    if compose is not None:
+        from kuosan.scenes import scene_captions
+
+        captions = load_captions(resolve_model(compose))
+        if captions is None:
+            raise KuosanError(f"'{compose}' has no captions.json")
+        return scene_captions(captions)
     if model is not None:
         captions = load_captions(resolve_model(model))
         if captions is None:
@@ -150,7 +164,7 @@ def check_names(rows: list[dict[str, Any]], captions: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = load_prompts(Path(args.prompts))
-    captions = training_captions(args.model)
+    captions = training_captions(args.model, args.compose)
     check_names(rows, captions)
     training, styles = set(captions), sorted({m[3] for c in captions if (m := meaning(c)) and m[3]})
     for r in rows:
@@ -170,9 +184,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "notes": list(rw.notes), "reason": rw.reason}
         seconds[name] = {"setup": round(setup, 1),
                          "per_prompt_ms": round(1000 * (time.perf_counter() - t0) / len(rows), 1)}
-    return {"model": args.model or f"kuosan train --data emojiworld's {SCENES} captions",
-            "training_captions": len(captions), "prompts": repo_path(args.prompts), "rows": rows,
-            "table": table(rows), "seconds": seconds}
+    source = (f"the scene captions of {args.compose}'s names" if args.compose else args.model
+              or f"kuosan train --data emojiworld's {SCENES} captions")
+    result = {"model": source, "training_captions": len(captions),
+              "prompts": repo_path(args.prompts), "rows": rows, "table": table(rows),
+              "seconds": seconds}
+    if args.compose and args.pictures:
+        result["pictures"] = score_pictures(rows, args.compose, args.pictures)
+    return result
+
+
+def score_pictures(rows: list[dict[str, Any]], model: str, k: int) -> dict[str, Any]:
+    """K pictures of each prompt, as typed (one picture of ``model``) and as the scene
+    language's rewrite drawn by ``kuosan.scenes``; each scored against the prompt's captions
+    (satisfied by one of them), per kind and over all."""
+    from kuosan import Pipeline
+    from kuosan.data.emoji import DEFAULT_STYLES
+    from kuosan.metrics.emoji import load_or_train
+    from kuosan.metrics.emoji_scenes import concept_index, score_scene
+    from kuosan.scenes import ScenePipeline, is_scene_caption
+
+    recogniser, _, entries = load_or_train(DEFAULT_STYLES, 32)
+    index = concept_index(entries, recogniser)
+    pipe = Pipeline.load(model)
+    scenes = ScenePipeline(pipe, 64)
+    t0 = time.perf_counter()
+    for r in rows:
+        typed = pipe.generate([r["prompt"]] * k, num_inference_steps=20, seed=0)
+        rewrite = r["scene"]["rewrite"]
+        drawn = (scenes.generate([rewrite] * k, num_inference_steps=20, seed=0)
+                 if is_scene_caption(rewrite) else [])
+        for name, images in (("typed", typed), ("scene", drawn)):
+            r[f"pictures: {name}"] = [any(score_scene(recogniser, np.asarray(im.convert("RGB")),
+                                                      parse(c), index).satisfied
+                                          for c in r["captions"]) for im in images] or [False] * k
+    out = {}
+    for kind in (*KINDS, "all"):
+        sel = [r for r in rows if kind in ("all", r["kind"])]
+        if sel:
+            out[kind] = {"n": len(sel) * k, **{
+                name: _pct([v for r in sel for v in r[f"pictures: {name}"]])
+                for name in ("typed", "scene")}}
+    return {"per_prompt": k, "table": out, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -205,6 +258,14 @@ def markdown(result: dict[str, Any]) -> str:
     for kind, r in result["table"].items():
         lines.append(f"| {kind} | {r['n']} | {r['in training']:.1f} | " + " | ".join(
             f"{r[f'{n}: {p}']:.1f}" for n in LANGUAGES for p in PARTS) + " |")
+    if "pictures" in result:
+        pics = result["pictures"]
+        lines += ["", (f"Pictures ({pics['per_prompt']} of each prompt, {pics['seconds']} s in "
+                       f"all) that satisfy one of the prompt's captions (the scene scorer):"), "",
+                  "| kind | pictures | typed, one picture | scene language, drawn as a scene |",
+                  "|---|---|---|---|"]
+        lines += [f"| {kind} | {r['n']} | {r['typed']:.1f} | {r['scene']:.1f} |"
+                  for kind, r in pics["table"].items()]
     lines += ["", "Time: " + "; ".join(
         f"{name}: {v['setup']} s to embed its names or captions, then {v['per_prompt_ms']} ms a "
         f"prompt" for name, v in result["seconds"].items()) + ".", "",
@@ -220,12 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="an EmojiWorld checkpoint (its captions.json); "
                    "default: the captions `kuosan train --data emojiworld` draws")
+    p.add_argument("--compose", default=None, metavar="MODEL",
+                   help="a model of single emoji (emoji-32): the scene captions of its names")
+    p.add_argument("--pictures", type=int, default=0, metavar="K",
+                   help="with --compose: draw and score K pictures of each prompt")
     p.add_argument("--prompts", default=str(PROMPTS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--report", default=None, metavar="PATH", help="write PATH.json and PATH.md")
     p.add_argument("--note", default="", help="what else was running (the report and history)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.pictures and not args.compose:
+        p.error("--pictures needs --compose MODEL")
+    if args.compose and args.model:
+        p.error("--compose and --model read different captions: give one")
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = run_meta("enhance_scenes.py", argv, args.note)
@@ -239,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         write_report(Path(args.report), "enhance_scenes", title="Prompt enhancement on EmojiWorld",
                      meta=meta, data=result, body=body, model=result["model"],
-                     figures=result["table"])
+                     figures={**result["table"], **({"pictures": result["pictures"]["table"]}
+                                                     if "pictures" in result else {})})
     return 0
 
 

@@ -202,3 +202,11 @@ def test_minilm_embed_encodes_each_text_once_in_chunks():
     assert calls[-1] == ["ffffff"]
     with pytest.raises(KuosanError, match="chunk"):
         MiniLMEmbed(chunk=0)
+
+
+def test_the_benchmark_reads_a_single_emoji_models_names_as_scenes(bench):
+    captions = bench.training_captions(None, "emoji-32")
+    assert "a red apple in the center, flat style" in captions
+    assert "a fox face in the center, glossy style" in captions
+    assert all(bench.meaning(c) is not None for c in captions)  # every one a scene caption
+    assert not any(":" in c for c in captions)  # skin tones and families: no name of a scene
