@@ -203,12 +203,14 @@ def test_an_emoji_model_offers_its_styles(browser, tmp_path):
         assert page.is_visible("#sceneBox")
         page.fill("#prompt", "a red apple to the left of a fox face")
         page.check("#scene")
+        assert page.input_value("#sceneSize") == "64"
+        page.select_option("#sceneSize", "96")
         page.fill("#num", "1")
         page.click("#go")
         page.wait_for_function("document.querySelector('#results figure img')?.alt"
                                ".startsWith('a red apple to the left of a fox face, glossy style')")
         page.wait_for_function("document.querySelector('#results figure img').naturalWidth > 0")
-        assert page.evaluate("document.querySelector('#results figure img').naturalWidth") == 64
+        assert page.evaluate("document.querySelector('#results figure img').naturalWidth") == 96
     finally:
         context.close()
         s.close()
