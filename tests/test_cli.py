@@ -233,6 +233,7 @@ def test_info_describes_bundled_models_and_runs_without_loading_them(tiny_text_r
     out = capsys.readouterr().out
     assert all(f"{name}  (bundled with kuosan)" in out for name in bundled_models())
     assert "text to image, 32×32 RGB" in out and "flat, glossy" in out
+    assert out.count("--scene draws scene captions") == 1  # emoji-32's, not shapes-32's
     assert main(["info", str(tiny_text_run), "emoji-32", "--json"]) == 0
     run, emoji = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     state = json.loads((tiny_text_run / "training_state.json").read_text())
@@ -241,6 +242,7 @@ def test_info_describes_bundled_models_and_runs_without_loading_them(tiny_text_r
     assert run["bundled"] is False and run["styles"] == [] and run["task"] == "text to image"
     assert emoji["trained"]["exported"] and emoji["network"]["parameters"] > 1_000_000
     assert emoji["captions"] > 1000 and emoji["attribution"].startswith("Emoji graphics")
+    assert emoji["scenes"] is True and run["scenes"] is False
     assert main(["info", "nonesuch"]) == 2
     assert "'nonesuch' is neither a checkpoint folder" in capsys.readouterr().err
     broken = tmp_path / "broken"

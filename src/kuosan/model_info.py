@@ -85,6 +85,8 @@ def describe(model: str | Path) -> dict[str, Any]:
         "text_encoder": text.get("type") if text else None,
         "styles": config.get("styles", []),
         "captions": captions,
+        # a text model of single emoji draws scene captions one emoji at a time (kuosan.scenes)
+        "scenes": bool(text) and data.get("name") == "emoji",
         "sampler": str(sampling.get("sampler", DEFAULT_SAMPLER)),  # as Pipeline.default_sampler
         "guidance": float(sampling.get("guidance", DEFAULT_GUIDANCE)) if text else None,
         "precision": {"device": device.type, "auto": resolve_precision("auto", device)},
@@ -119,6 +121,8 @@ def summary(info: dict[str, Any]) -> list[str]:
         row("styles", ", ".join(info["styles"]))
     if info["captions"] is not None:
         row("captions", f"{info['captions']:,} (captions.json: --enhance maps free words onto them)")
+    if info["scenes"]:
+        row("scenes", "--scene draws scene captions, each emoji in its place (docs/emoji-scenes.md)")
     guidance = f", guidance {info['guidance']:g}" if info["guidance"] is not None else ""
     precision = info["precision"]
     row("sampling", f"{info['sampler']}{guidance} by default; --precision auto is {precision['auto']} on this "
