@@ -340,3 +340,26 @@ def test_new_text_encoder_of_a_model_without_text(tmp_path):
     cfg = TINY_TEXT.replace(steps=0, init_from=str(plain), new_text_encoder=True)
     with pytest.raises(KuosanError, match="is not a text model"):
         train_tiny_text(cfg, tmp_path / "bad")
+
+
+def test_freeze_keeps_the_matching_parameters_as_the_source_left_them(tiny_text_run, tmp_path):
+    from kuosan.checkpoint import load_weights
+
+    out = tmp_path / "frozen"
+    cfg = TINY_TEXT.replace(steps=3, warmup_steps=0, init_from=str(tiny_text_run),
+                            freeze="unet.down.*, unet.input_conv.*")
+    train_tiny_text(cfg, out)
+    source = load_weights(tiny_text_run, "ema")[0]
+    for weights in ("model", "ema"):
+        trained = load_weights(out, weights)[0]
+        fixed = [k for k in trained if k.startswith(("unet.down.", "unet.input_conv."))]
+        moved = [k for k in trained if k.startswith("unet.up.")]
+        assert fixed and moved
+        assert all(torch.equal(trained[k], source[k]) for k in fixed)
+        assert any(not torch.equal(trained[k], source[k]) for k in moved)  # the rest trains
+    assert Pipeline.load(out).config["train"]["optim"]["freeze"] == "unet.down.*, unet.input_conv.*"
+    # resumed, it keeps them fixed (the run's own config)
+    train_tiny_text(cfg.replace(steps=4), out, resume=True)
+    assert all(torch.equal(load_weights(out, "model")[0][k], source[k]) for k in fixed)
+    with pytest.raises(KuosanError, match=r"--freeze 'unet\.nonesuch\.\*' matches no parameter.*unet\.down"):
+        train_tiny_text(cfg.replace(freeze="unet.down.*,unet.nonesuch.*"), tmp_path / "bad")

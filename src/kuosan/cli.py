@@ -67,7 +67,7 @@ TRAIN_FLAGS = {
     "text_encoder": "text_encoder", "cond_drop": "cond_drop", "lr_decay": "lr_decay",
     "decay_steps": "decay_steps",
     "pos_embed": "pos_embed", "pooled_layout": "pooled_layout",
-    "word_skip": "word_skip", "init_from": "init_from",
+    "word_skip": "word_skip", "init_from": "init_from", "freeze": "freeze",
     "new_text_encoder": "new_text_encoder",
 }
 
@@ -118,6 +118,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's EMA weights (fine-tuning; the same preset and "
                         "text encoder, optionally adding --pos-embed, --pooled-layout, --word-skip)")
+    p.add_argument("--freeze", default=d.freeze, metavar="PATTERNS",
+                   help="keep fixed the parameters whose names match these comma-separated glob "
+                        "patterns (e.g. 'unet.down.0.*,unet.out.*'): fine-tune only the rest")
     p.add_argument("--new-text-encoder", action="store_true",
                    help="with --init-from: train a new --text-encoder on the checkpoint's network "
                         "(its encoder is left out; it starts as the checkpoint's unconditional model)")

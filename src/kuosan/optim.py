@@ -7,12 +7,14 @@ number of processes and after a resume.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
+from .errors import KuosanError
 from .train_config import TrainConfig
 
 
@@ -53,6 +55,26 @@ def ema_beta(batch_size: int, images_seen: int, half_life: float, rampup_ratio: 
     if rampup_ratio > 0:
         h = min(h, rampup_ratio * images_seen)
     return 0.5 ** (batch_size / max(h, 1e-8))
+
+
+def freeze(model: nn.Module, patterns: str) -> int:
+    """Keep fixed the parameters whose names match one of the comma-separated glob ``patterns``
+    (``fnmatch``: "unet.down.0.*,unet.out.*"): requires_grad False, so they get no gradient and
+    AdamW leaves them as they are (fine-tuning the rest). Returns how many tensors were frozen; a
+    pattern that matches no parameter is an error naming it."""
+    wanted = [w.strip() for w in patterns.split(",") if w.strip()]
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in wanted:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise KuosanError(f"--freeze {pattern!r} matches no parameter of the model; names "
+                              f"start with {', '.join(tops)} (`kuosan info` counts them)")
+    frozen = 0
+    for name, p in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, w) for w in wanted):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float,

@@ -71,6 +71,7 @@ from .optim import (
     batch_indices,
     ema_beta,
     ema_update,
+    freeze,
     learning_rate,
     step_generator,
     with_high_noise,
@@ -225,6 +226,8 @@ class Trainer:
             if encoder is not None:
                 model = TextConditionedUNet(model, encoder)
         self.text_config = encoder.config() if encoder is not None else None
+        if config.optim.freeze:
+            freeze(model, config.optim.freeze)
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         optimizer = adamw(model.parameters(), config.optim.lr, config.optim.weight_decay, acc.device)
         self.step, self.images_seen, self.elapsed_before = 0, 0, 0.0
@@ -384,7 +387,9 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             n_params = count_parameters(acc.unwrap_model(self.model))
-            print(f"kuosan: training {self.kind} ({n_params / 1e6:.2f} M parameters) on {self.info.name} "
+            fixed = sum(q.numel() for q in self.model.parameters() if not q.requires_grad)
+            fixed_text = f", {fixed / 1e6:.2f} M of them fixed by --freeze" if fixed else ""
+            print(f"kuosan: training {self.kind} ({n_params / 1e6:.2f} M parameters{fixed_text}) on {self.info.name} "
                   f"{self.info.num_items} × {tuple(self.info.shape)}, {acc.num_processes} process(es) on "
                   f"{acc.device}, batch {cfg.optim.batch_size}, {self.precision}, from step "
                   f"{self.step}", flush=True)

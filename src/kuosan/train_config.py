@@ -104,6 +104,7 @@ class OptimConfig:
     min_snr_gamma: float = 5.0
     high_noise: float = 0.0  # fraction of examples whose t is drawn from the noisiest steps
     cond_drop: float = 0.1  # probability of training on the empty caption (classifier-free guidance)
+    freeze: str = ""  # comma-separated glob patterns of parameter names kept fixed (kuosan.optim.freeze)
 
     def check(self) -> None:
         _check_positive_ints(batch_size=self.batch_size, grad_accum=self.grad_accum)
