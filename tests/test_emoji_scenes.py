@@ -293,5 +293,7 @@ def test_benchmark_composes_scenes_with_a_model_of_single_emoji(bench):
     assert len(images) == 2 and all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in images)
     again = bench.generate("emoji-32", captions[1:], steps=2, guidance=None, seed=1, size=64,
                            compose=True)
-    assert np.array_equal(images[1], again[0])  # image i is seeded seed + i, as without compose
+    # image i is seeded seed + i, as without compose; equal but for 8-bit rounding (batches of
+    # other shapes may pick other float32 kernels: one level at most, as in test_scenes.py)
+    assert np.abs(images[1].astype(int) - again[0].astype(int)).max() <= 1
     assert (images[1][40:] == 255).all()  # the owl at the top: the bottom stays white

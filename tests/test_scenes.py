@@ -25,6 +25,14 @@ ROW = "a rocket, a tulip and a dog face in a row, flat style"
 SINGLE = "a fire engine at the top left, flat style"
 
 
+def same_pixels(a, b) -> bool:
+    """Equal but for 8-bit rounding: ``a`` and ``b`` come from batches of other shapes, for which
+    torch may pick other float32 kernels; their rounding (≈ 1e-6 of the scale, times 1 + 2·3 for
+    guidance 3) can carry a value across a rounding boundary, one level at most, never more."""
+    a, b = np.asarray(a).astype(int), np.asarray(b).astype(int)
+    return a.shape == b.shape and int(np.abs(a - b).max()) <= 1
+
+
 @pytest.fixture(scope="module")
 def emoji32() -> Pipeline:
     return Pipeline.load("emoji-32", precision="fp32")
@@ -84,7 +92,7 @@ def test_each_emoji_is_the_models_own_drawing_in_its_tile_on_white(emoji32):
             torch.Generator().manual_seed(3 * (5 + i) + k) for k in range(len(tiles))])
         expected = paste_tiles(64, [(pil_to_uint8(im, 3), t.x, t.y, t.side)
                                     for im, t in zip(drawn, tiles, strict=True)])
-        assert np.array_equal(np.asarray(image), expected)
+        assert same_pixels(image, expected)  # the scene's batch holds 5 emoji, this one 2 or 3
         inside = np.zeros((64, 64), dtype=bool)
         for t in tiles:
             inside[t.y:t.y + t.side, t.x:t.x + t.side] = True
@@ -95,9 +103,9 @@ def test_an_image_is_the_same_whatever_the_batch(emoji32):
     scenes = ScenePipeline(emoji32, 64)
     both = scenes.generate([SINGLE, PAIR], num_inference_steps=2, seed=1, batch_size=1)
     alone = scenes.generate(PAIR, num_inference_steps=2, seed=2)
-    assert np.array_equal(np.asarray(both[1]), np.asarray(alone[0]))
+    assert same_pixels(both[1], alone[0])
     twice = scenes.generate(SINGLE, num_images_per_prompt=2, num_inference_steps=2, seed=1)
-    assert np.array_equal(np.asarray(twice[0]), np.asarray(both[0]))
+    assert same_pixels(twice[0], both[0])
     assert not np.array_equal(np.asarray(twice[0]), np.asarray(twice[1]))
 
 
@@ -169,7 +177,9 @@ def test_a_changed_name_redraws_only_its_own_emoji(emoji32):
     assert [(t.x, t.y, t.side) for t in tiles] == [(t.x, t.y, t.side) for t in scenes.layout(other, 7)]
     (x0, y0, s0), (x1, y1, s1) = ((t.x, t.y, t.side) for t in tiles)
     a, b = np.asarray(a), np.asarray(b)
-    assert np.array_equal(a[y0:y0 + s0, x0:x0 + s0], b[y0:y0 + s0, x0:x0 + s0])  # the same apple
+    # the same apple, bit for bit: fp32, and both batches have the same shapes (two emoji whose
+    # captions have as many tokens)
+    assert np.array_equal(a[y0:y0 + s0, x0:x0 + s0], b[y0:y0 + s0, x0:x0 + s0])
     assert not np.array_equal(a[y1:y1 + s1, x1:x1 + s1], b[y1:y1 + s1, x1:x1 + s1])  # fox → dog
 
 
@@ -202,7 +212,7 @@ def test_a_layout_seed_gives_every_image_one_layout(emoji32, tmp_path, capsys):
     out = tmp_path / "v.png"
     assert main(["generate", PAIR, "--scene", "--layout-seed", "11", "--steps", "2", "--seed", "3",
                  "--precision", "fp32", "--out", str(out)]) == 0
-    assert np.array_equal(np.asarray(Image.open(out)), one)
+    assert same_pixels(Image.open(out).convert("RGB"), one)  # one scene here, two above
     assert json.loads(Image.open(out).text["kuosan"])["layout_seed"] == 11
     capsys.readouterr()
     assert main(["generate", "red apple", "--layout-seed", "3", "--out", str(out)]) == 2
