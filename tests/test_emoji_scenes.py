@@ -291,9 +291,9 @@ def test_benchmark_composes_scenes_with_a_model_of_single_emoji(bench):
     images = bench.generate("emoji-32", captions, steps=2, guidance=None, seed=0, size=64,
                             compose=True)
     assert len(images) == 2 and all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in images)
-    again = bench.generate("emoji-32", captions[1:], steps=2, guidance=None, seed=1, size=64,
+    # the same call again draws the same pictures (the same shapes and seeds: exact; how image i
+    # is seeded is tested in test_scenes.py, in fp32, since this one runs in `auto` precision)
+    again = bench.generate("emoji-32", captions, steps=2, guidance=None, seed=0, size=64,
                            compose=True)
-    # image i is seeded seed + i, as without compose; equal but for 8-bit rounding (batches of
-    # other shapes may pick other float32 kernels: one level at most, as in test_scenes.py)
-    assert np.abs(images[1].astype(int) - again[0].astype(int)).max() <= 1
+    assert all(np.array_equal(a, b) for a, b in zip(images, again, strict=True))
     assert (images[1][40:] == 255).all()  # the owl at the top: the bottom stays white

@@ -200,7 +200,7 @@ def test_the_flat_names_are_those_of_checkpoints_written_before_the_groups():
     flat = json.loads(BUNDLED_CONFIG.read_text())["train"]
     assert flat["bf16"] is False
     now = {k: v for k, v in flat.items() if k != "bf16"} | {"precision": "fp32"}
-    added = {"compile": False, "balance": 0.0}  # settings added since, at their defaults
+    added = {"compile": False, "balance": 0.0, "freeze": ""}  # settings added since, at their defaults
     assert set(now) | set(added) == set(TrainConfig().to_flat()) and not set(now) & set(added)
     config = TrainConfig.from_dict(flat)
     assert config.to_flat() == now | added
