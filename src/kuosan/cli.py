@@ -120,7 +120,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "text encoder, optionally adding --pos-embed, --pooled-layout, --word-skip)")
     p.add_argument("--freeze", default=d.freeze, metavar="PATTERNS",
                    help="keep fixed the parameters whose names match these comma-separated glob "
-                        "patterns (e.g. 'unet.down.0.*,unet.out.*'): fine-tune only the rest")
+                        "patterns (e.g. 'unet.down.0.*,unet.out.*'): fine-tune only the rest; "
+                        "empty: train them all")
     p.add_argument("--new-text-encoder", action="store_true",
                    help="with --init-from: train a new --text-encoder on the checkpoint's network "
                         "(its encoder is left out; it starts as the checkpoint's unconditional model)")
