@@ -34,7 +34,7 @@ from .pipeline import Pipeline
 from .request import Request
 from .result import Result
 from .samplers import SAMPLERS, SPACINGS, model_evaluations
-from .scenes import ScenePipeline, is_scene_caption
+from .scenes import ScenePipeline, draws_scenes, is_scene_caption
 from .train import points_image
 
 # ---- sample ------------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def run_task(args: argparse.Namespace) -> int:
         limits=limits)
     if getattr(args, "scene", None) is not None:
         pipe = ScenePipeline(pipe, args.scene, args.layout_seed)
-    elif task == "generate" and pipe.info.name == "emoji" and is_scene_caption(args.prompt):
+    elif task == "generate" and draws_scenes(pipe) and is_scene_caption(args.prompt):
         print("kuosan: hint: this is a scene caption; --scene draws each emoji in its place",
               file=sys.stderr)
     extra = {"user_prompt": args.prompt} if getattr(args, "enhance", False) else {}

@@ -85,7 +85,8 @@ def describe(model: str | Path) -> dict[str, Any]:
         "text_encoder": text.get("type") if text else None,
         "styles": config.get("styles", []),
         "captions": captions,
-        # a text model of single emoji draws scene captions one emoji at a time (kuosan.scenes)
+        # a text model of single emoji draws scene captions (kuosan.scenes.draws_scenes, from
+        # the config here: no model is loaded)
         "scenes": bool(text) and data.get("name") == "emoji",
         "sampler": str(sampling.get("sampler", DEFAULT_SAMPLER)),  # as Pipeline.default_sampler
         "guidance": float(sampling.get("guidance", DEFAULT_GUIDANCE)) if text else None,

@@ -54,8 +54,8 @@ if TYPE_CHECKING:
     from .enhance_scenes import SceneLanguage
     from .pipeline import Pipeline
 
-__all__ = ["MAX_EMOJI", "SCENE_SIZES", "ScenePipeline", "Tile", "is_scene_caption", "object_caption",
-           "scene_captions"]
+__all__ = ["MAX_EMOJI", "SCENE_SIZES", "ScenePipeline", "Tile", "draws_scenes", "is_scene_caption",
+           "object_caption", "scene_captions"]
 
 SCENE_SIZES = range(32, 257, 16)  # canvas sides: EmojiWorld's tiles are 0.26-0.55 of the side
 MAX_EMOJI = max(COUNTS.values())  # emoji in a scene: the seed of emoji k is 3·(seed + i) + k
@@ -87,6 +87,12 @@ def scene_captions(captions: Sequence[str]) -> list[str]:
         if name and not GRAMMAR_WORDS.search(name):
             out.append(f"{article(name)} in the center" + (f", {style} style" if style else ""))
     return list(dict.fromkeys(out))
+
+
+def draws_scenes(pipe: Pipeline) -> bool:
+    """Whether ``pipe`` is a text model of single emoji, which draws scene captions one emoji at
+    a time (what ``kuosan generate`` hints at and the web page offers)."""
+    return pipe.is_text_conditioned and getattr(pipe.info, "name", None) == "emoji"
 
 
 def is_scene_caption(text: str) -> bool:

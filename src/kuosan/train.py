@@ -386,8 +386,9 @@ class Trainer:
         main = acc.is_main_process
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            n_params = count_parameters(acc.unwrap_model(self.model))
-            fixed = sum(q.numel() for q in self.model.parameters() if not q.requires_grad)
+            net = acc.unwrap_model(self.model)
+            n_params = count_parameters(net)
+            fixed = n_params - count_parameters(net, trainable_only=True)
             fixed_text = f", {fixed / 1e6:.2f} M of them fixed by --freeze" if fixed else ""
             print(f"kuosan: training {self.kind} ({n_params / 1e6:.2f} M parameters{fixed_text}) on {self.info.name} "
                   f"{self.info.num_items} × {tuple(self.info.shape)}, {acc.num_processes} process(es) on "

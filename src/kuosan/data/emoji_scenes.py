@@ -244,6 +244,7 @@ def place_tiles(rng: np.random.Generator, size: int, kind: Kind, relation: str |
         tiles.append((x, y, side))
     return tiles, (relation if kind == "pair" else None), None
 
+
 def render_scene(scene: Scene, pictures: torch.Tensor) -> np.ndarray:
     """(size, size, 3) uint8: each emoji's picture (``pictures[entry]``, (3, P, P) uint8 on
     white, P ≥ its tile) resized to its tile (Lanczos) and put in place on white."""
@@ -259,6 +260,7 @@ def paste_tiles(size: int, tiles: Sequence[tuple[torch.Tensor, int, int, int]]) 
         tile = tile.resize((side, side), Image.Resampling.LANCZOS)
         canvas[y:y + side, x:x + side] = np.asarray(tile)
     return canvas
+
 
 def make_scene_dataset(
     n: int, pictures: torch.Tensor, entries: Sequence[EmojiEntry], size: int = 64,

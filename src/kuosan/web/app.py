@@ -24,7 +24,7 @@ from ..defaults import STRENGTH
 from ..errors import KuosanError
 from ..pipeline import Pipeline
 from ..samplers import SAMPLERS
-from ..scenes import SCENE_SIZES
+from ..scenes import SCENE_SIZES, draws_scenes
 from .guard import BODY_SECONDS, MAX_BODY, Guard, Policy, Refused, is_loopback, read_json
 from .jobs import FINISHED, Job, Jobs, QueueFull
 from .parse import FEATHER_MAX, GUIDANCE_MAX, SEED_MAX, UPLOAD_PIXELS, parse_job
@@ -53,7 +53,7 @@ def create_app(pipe: Pipeline, model: str, outputs: Path, policy: Policy,
             "text": pipe.is_text_conditioned, "image": pipe.info.kind == "image",
             "attribution": pipe.attribution, "styles": list(pipe.styles),
             # an emoji model draws scenes ("scene": SIZE, kuosan.scenes): the sizes it takes
-            "scene_sizes": list(SCENE_SIZES) if pipe.styles else [],
+            "scene_sizes": list(SCENE_SIZES) if draws_scenes(pipe) else [],
             "defaults": {"task": "generate", "num": 1, "steps": 20, "seed": None,
                          "sampler": pipe.default_sampler, "guidance": pipe.default_guidance,
                          "strength": dict(STRENGTH), "resample": {"outpaint": 1},
