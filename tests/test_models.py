@@ -25,7 +25,7 @@ from kuosan.models import (
     timestep_embedding,
     unet_preset,
 )
-from kuosan.models.attention import CrossAttnBlock
+from kuosan.models.attention import SMALL_ATTENTION, CrossAttnBlock, attention
 
 # A tiny UNet with attention at two levels and in the middle, dropout on.
 TINY = UNetConfig(in_channels=2, out_channels=3, image_size=8, base_channels=16,
@@ -427,3 +427,47 @@ def test_adamw_is_fused_on_cpu() -> None:
     assert opt.defaults["fused"] is True
     opt.step()
     torch.testing.assert_close(p.detach(), torch.full((3,), 0.9))  # first step: θ − lr·sign(g)
+
+
+def _qkv(b: int, heads: int, n: int, keys: int, d: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(n * keys)
+    shapes = [(b, heads, n, d), (b, heads, keys, d), (b, heads, keys, d)]
+    return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("n, keys", [(16, 16), (64, 7), (256, 256)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_small_bf16_attention_on_the_cpu_is_the_three_op_form(n: int, keys: int, masked: bool) -> None:
+    # softmax(q·kᵀ/√d)·v in bf16, against the fp64 formula on the same (bf16-rounded) inputs:
+    # bf16 keeps 8 mantissa bits (2⁻⁸ ≈ 0.004 relative); a wrong scale, mask or transpose is
+    # off by ~0.1–1 on these unit-variance values
+    q, k, v = _qkv(2, 2, n, keys, 8, torch.bfloat16)
+    mask = None
+    if masked:
+        mask = torch.rand(2, 1, 1, keys, generator=torch.Generator().manual_seed(1)) < 0.6
+        mask[..., 0] = True  # every row keeps a key
+    out = attention(q, k, v, mask)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 2, n, 8)
+    q64, k64, v64 = (a.detach().double().requires_grad_() for a in (q, k, v))
+    scores = q64 @ k64.transpose(-1, -2) / 8 ** 0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    ref = scores.softmax(-1) @ v64
+    err = (out.double() - ref).abs()
+    assert err.mean() < 0.01 and err.max() < 0.1
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad.bfloat16())
+    ref.backward(grad.double())
+    for a, a64 in ((q, q64), (k, k64), (v, v64)):
+        gerr = (a.grad.double() - a64.grad).abs()
+        assert gerr.mean() < 0.02 * a64.grad.abs().mean() + 0.01, gerr.mean()
+
+
+@pytest.mark.parametrize("dtype, n", [(torch.float32, 64), (torch.bfloat16, 512)])
+def test_other_attention_is_sdpa_itself(dtype: torch.dtype, n: int) -> None:
+    # fp32 anywhere, and bf16 beyond SMALL_ATTENTION scores per head: SDPA's fused kernel, bit
+    # for bit
+    assert n * n > SMALL_ATTENTION or dtype == torch.float32
+    q, k, v = _qkv(1, 2, n, n, 8, dtype)
+    with torch.no_grad():
+        assert torch.equal(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))

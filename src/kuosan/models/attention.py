@@ -21,6 +21,31 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+# Most scores per head (queries × keys) for which :func:`attention` materialises the score matrix
+# in bf16 on the CPU: 16×16 self-attention (256²). There the three-op form trained the `s` UNet's
+# attention 2–4× as fast as SDPA's fused CPU kernel (its bf16 backward is slow) and ran its
+# forward 1.7× as fast; at 32×32 (1024²) it was 1.2–2× slower (two Zen 4 cores, docs/speed.md).
+SMALL_ATTENTION = 256 * 256
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q·kᵀ/√d)·v over q [B, heads, N, d], k and v [B, heads, L, d]; ``mask`` (bool,
+    broadcast to [B, heads, N, L]) keeps the scores where it is True.
+
+    SDPA's fused kernel, except for bf16 on the CPU with at most :data:`SMALL_ATTENTION` scores
+    per head: there it is three ops (q·kᵀ/√d rounded once to bf16, a softmax accumulated in fp32,
+    ·v), the form most attention code runs in half precision."""
+    b, heads, n, d = q.shape
+    if q.dtype != torch.bfloat16 or q.device.type != "cpu" or n * k.shape[-2] > SMALL_ATTENTION:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    q3, k3 = q.reshape(b * heads, n, d), k.reshape(b * heads, -1, d)
+    scores = torch.baddbmm(q3.new_empty(b * heads, n, k3.shape[1]), q3, k3.transpose(1, 2),
+                           beta=0, alpha=d ** -0.5).view(b, heads, n, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 def coord_features(height: int, width: int, num_freqs: int, device: torch.device | None = None) -> Tensor:
     """Fourier features of each pixel centre's canvas coordinates (u across, v down, both in
     (−1, 1)): [sin(2^k·π·u), cos(2^k·π·u), sin(2^k·π·v), cos(2^k·π·v)] for k < num_freqs.
@@ -71,7 +96,7 @@ class AttnBlock(nn.Module):
         qkv = self.qkv(tokens).unflatten(-1, (3, self.num_heads, c // self.num_heads))
         # q, k, v: [B, heads, H·W, head_dim], unit stride in head_dim (SDPA's fused CPU kernel)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q·kᵀ/√d)·v
+        out = attention(q, k, v)  # softmax(q·kᵀ/√d)·v
         out = self.proj(out.transpose(1, 2).flatten(2))  # [B, H·W, C]
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
@@ -118,7 +143,7 @@ class CrossAttnBlock(nn.Module):
             # token, then drop its output below.
             keep = keep | ~has_tokens[:, None]
             attn_mask = keep[:, None, None, :]  # [B, 1, 1, L], broadcast over heads and queries
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = attention(q, k, v, attn_mask)
         out = self.proj(out.transpose(1, 2).flatten(2))  # [B, H·W, C]
         if has_tokens is not None:
             out = out * has_tokens[:, None, None].to(out.dtype)
