@@ -437,7 +437,7 @@ def _qkv(b: int, heads: int, n: int, keys: int, d: int, dtype: torch.dtype) -> l
 
 @pytest.mark.parametrize("n, keys", [(16, 16), (64, 7), (256, 256)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_small_bf16_attention_on_the_cpu_is_the_three_op_form(n: int, keys: int, masked: bool) -> None:
+def test_small_bf16_attention_trained_on_the_cpu_is_the_three_op_form(n: int, keys: int, masked: bool) -> None:
     # softmax(q·kᵀ/√d)·v in bf16, against the fp64 formula on the same (bf16-rounded) inputs:
     # bf16 keeps 8 mantissa bits (2⁻⁸ ≈ 0.004 relative); a wrong scale, mask or transpose is
     # off by ~0.1–1 on these unit-variance values
@@ -463,11 +463,12 @@ def test_small_bf16_attention_on_the_cpu_is_the_three_op_form(n: int, keys: int,
         assert gerr.mean() < 0.02 * a64.grad.abs().mean() + 0.01, gerr.mean()
 
 
-@pytest.mark.parametrize("dtype, n", [(torch.float32, 64), (torch.bfloat16, 512)])
-def test_other_attention_is_sdpa_itself(dtype: torch.dtype, n: int) -> None:
-    # fp32 anywhere, and bf16 beyond SMALL_ATTENTION scores per head: SDPA's fused kernel, bit
-    # for bit
-    assert n * n > SMALL_ATTENTION or dtype == torch.float32
+@pytest.mark.parametrize("dtype, n, grad", [(torch.float32, 64, True), (torch.bfloat16, 512, True),
+                                            (torch.bfloat16, 64, False)])
+def test_other_attention_is_sdpa_itself(dtype: torch.dtype, n: int, grad: bool) -> None:
+    # fp32 anywhere, bf16 beyond SMALL_ATTENTION scores per head, and bf16 forward-only
+    # (sampling): SDPA's fused kernel, bit for bit
+    assert dtype == torch.float32 or n * n > SMALL_ATTENTION or not grad
     q, k, v = _qkv(1, 2, n, n, 8, dtype)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         assert torch.equal(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))

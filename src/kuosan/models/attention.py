@@ -22,9 +22,10 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 # Most scores per head (queries × keys) for which :func:`attention` materialises the score matrix
-# in bf16 on the CPU: 16×16 self-attention (256²). There the three-op form trained the `s` UNet's
-# attention 2–4× as fast as SDPA's fused CPU kernel (its bf16 backward is slow) and ran its
-# forward 1.7× as fast; at 32×32 (1024²) it was 1.2–2× slower (two Zen 4 cores, docs/speed.md).
+# when training in bf16 on the CPU: up to 16×16 self-attention (256²). SDPA's fused CPU kernel has
+# a slow bf16 backward: at 4×4–8×8 positions the three-op form trained 2–6× as fast, at 16×16 as
+# fast or faster; at 32×32 (1024²) it was 1.2–1.5× slower, and forward-only (sampling) the fused
+# kernel is as fast or faster. The `s` UNet's bf16 training step gained 1.10× (two Zen 4 cores).
 SMALL_ATTENTION = 256 * 256
 
 
@@ -32,15 +33,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     """softmax(q·kᵀ/√d)·v over q [B, heads, N, d], k and v [B, heads, L, d]; ``mask`` (bool,
     broadcast to [B, heads, N, L]) keeps the scores where it is True.
 
-    SDPA's fused kernel, except for bf16 on the CPU with at most :data:`SMALL_ATTENTION` scores
-    per head: there it is three ops (q·kᵀ/√d rounded once to bf16, a softmax accumulated in fp32,
-    ·v), the form most attention code runs in half precision."""
-    b, heads, n, d = q.shape
-    if q.dtype != torch.bfloat16 or q.device.type != "cpu" or n * k.shape[-2] > SMALL_ATTENTION:
+    SDPA's fused kernel, except when autograd records it (training) in bf16 on the CPU with at
+    most :data:`SMALL_ATTENTION` scores per head: there it is three ops ((q/√d)·kᵀ, a softmax
+    accumulated in fp32, ·v), the form most attention code runs in half precision."""
+    n, d = q.shape[-2:]
+    if (q.dtype != torch.bfloat16 or q.device.type != "cpu" or not torch.is_grad_enabled()
+            or not (q.requires_grad or k.requires_grad or v.requires_grad)
+            or n * k.shape[-2] > SMALL_ATTENTION):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    q3, k3 = q.reshape(b * heads, n, d), k.reshape(b * heads, -1, d)
-    scores = torch.baddbmm(q3.new_empty(b * heads, n, k3.shape[1]), q3, k3.transpose(1, 2),
-                           beta=0, alpha=d ** -0.5).view(b, heads, n, -1)
+    scores = (q * d ** -0.5) @ k.transpose(-1, -2)  # [B, heads, N, L]
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(dim=-1) @ v
