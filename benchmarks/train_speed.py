@@ -139,6 +139,7 @@ VARIANTS: dict[str, Variant] = {
     "bf16": Variant("bf16"),
     "bf16-cl": Variant("bf16", channels_last=True),
     "compile": Variant(compile=True),
+    "bf16-compile": Variant("bf16", compile=True),
     "bf16-cl-compile": Variant("bf16", channels_last=True, compile=True),
 }
 
