@@ -248,7 +248,7 @@ class ResBlock(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # [B,Cin,H,W], [B,E] -> [B,Cout,H,W]
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        # a multiply and an add: torch.addcmul broadcasting [B,C,1,1] is 4–7× slower in bf16
+        # a multiply and an add: torch.addcmul broadcasting [B,C,1,1] is 6–7× slower in bf16
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
