@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from kuosan.cli import main
@@ -171,6 +172,17 @@ def test_generate_writes_a_folder_as_it_goes(tmp_path, capsys):
     files = sorted(folder.iterdir())
     assert [f.name for f in files] == [f"{i:04d}.png" for i in range(5)]
     assert [json.loads(Image.open(f).text["kuosan"])["seed"] for f in files] == [3, 4, 5, 6, 7]
+
+
+def test_generate_without_batch_takes_the_devices_default(tmp_path, capsys):
+    from kuosan.cli_images import default_batch
+
+    assert main(["generate", "a red circle", "-n", "17", "--steps", "1", "--out",
+                 str(tmp_path / "many")]) == 0
+    err = capsys.readouterr().err
+    assert "kuosan: 16 of 17 images" in err and "kuosan: 1 of 17" not in err  # batches of 16 here
+    assert default_batch(torch.device("cpu")) == 16
+    assert default_batch(torch.device("cuda")) == 256  # a device object needs no GPU
 
 
 def test_ctrl_c_keeps_the_images_written(tmp_path):

@@ -25,7 +25,7 @@ from .cli_types import (
     positive_int,
 )
 from .data.folder import DECODE_ERRORS, describe_decode_error
-from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
+from .defaults import GENERATE_BATCH, IMG2IMG_STRENGTH, VARY_STRENGTH
 from .errors import KuosanError
 from .images import from_pil, make_grid, save_grid, save_png, to_pil
 from .limits import SIDES
@@ -163,8 +163,9 @@ def _common_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded seed + i")
     p.add_argument("--out", type=Path, default=Path("out.png"),
                    help="a .png file, or a folder (written as each batch finishes)")
-    p.add_argument("--batch", type=positive_int, default=16,
-                   help="images per batch (the same images whatever the batch)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help=f"images per batch (default {GENERATE_BATCH['cpu']} on the CPU, "
+                        f"{GENERATE_BATCH['cuda']} on CUDA; the same images whatever the batch)")
     add_device_arguments(p)
     p.add_argument("--no-limits", action="store_true", help=NO_LIMITS_HELP)
     p.set_defaults(func=run_task)
@@ -280,6 +281,11 @@ def _open_image(path: Path, flag: str) -> Image.Image:
         raise KuosanError(f"{flag} '{path}': not a readable image ({describe_decode_error(err)})") from None
 
 
+def default_batch(device: torch.device) -> int:
+    """Images per batch when --batch is not given: ``GENERATE_BATCH`` of the device's type."""
+    return GENERATE_BATCH.get(device.type, GENERATE_BATCH["cpu"])
+
+
 def run_task(args: argparse.Namespace) -> int:
     """generate, inpaint, outpaint, vary, img2img: flags → a Request → its batches → PNGs."""
     task, out = args.command, args.out
@@ -310,6 +316,7 @@ def run_task(args: argparse.Namespace) -> int:
     pipe: Pipeline | ScenePipeline = Pipeline.load(
         args.model, device=args.device, precision=args.precision, compile=args.compile,
         limits=limits)
+    batch = args.batch or default_batch(pipe.device)
     if getattr(args, "scene", None) is not None:
         pipe = ScenePipeline(pipe, args.scene, args.layout_seed)
     elif task == "generate" and draws_scenes(pipe) and is_scene_caption(args.prompt):
@@ -323,7 +330,7 @@ def run_task(args: argparse.Namespace) -> int:
     request = Request(task, prompt=args.prompt, negative_prompt=args.negative,
                       num_images_per_prompt=args.num, num_inference_steps=args.steps,
                       guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler,
-                      batch_size=args.batch, **inputs, **own)
+                      batch_size=batch, **inputs, **own)
     files = {"image": str(args.image)} if task != "generate" else extra
     if task == "inpaint":
         files["mask"] = str(args.mask)
