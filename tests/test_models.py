@@ -437,10 +437,15 @@ def _qkv(b: int, heads: int, n: int, keys: int, d: int, dtype: torch.dtype) -> l
 
 @pytest.mark.parametrize("n, keys", [(16, 16), (64, 7), (256, 256)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_small_bf16_attention_trained_on_the_cpu_is_the_three_op_form(n: int, keys: int, masked: bool) -> None:
+def test_small_bf16_attention_trained_on_the_cpu_is_the_three_op_form(
+        n: int, keys: int, masked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # softmax(q·kᵀ/√d)·v in bf16, against the fp64 formula on the same (bf16-rounded) inputs:
     # bf16 keeps 8 mantissa bits (2⁻⁸ ≈ 0.004 relative); a wrong scale, mask or transpose is
-    # off by ~0.1–1 on these unit-variance values
+    # off by ~0.1–1 on these unit-variance values. SDPA is not called on this path.
+    def no_sdpa(*args: object, **kwargs: object) -> None:
+        raise AssertionError("SDPA was called")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_sdpa)
     q, k, v = _qkv(2, 2, n, keys, 8, torch.bfloat16)
     mask = None
     if masked:
