@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import same_pixels
 from PIL import Image
 
 from kuosan import Pipeline
@@ -23,14 +24,6 @@ from kuosan.scenes import ScenePipeline, scene_captions
 PAIR = "a red apple to the left of a fox face, glossy style"
 ROW = "a rocket, a tulip and a dog face in a row, flat style"
 SINGLE = "a fire engine at the top left, flat style"
-
-
-def same_pixels(a, b) -> bool:
-    """Equal but for 8-bit rounding: ``a`` and ``b`` come from batches of other shapes, for which
-    torch may pick other float32 kernels; their rounding (≈ 1e-6 of the scale, times 1 + 2·3 for
-    guidance 3) can carry a value across a rounding boundary, one level at most, never more."""
-    a, b = np.asarray(a).astype(int), np.asarray(b).astype(int)
-    return a.shape == b.shape and int(np.abs(a - b).max()) <= 1
 
 
 @pytest.fixture(scope="module")
