@@ -10,9 +10,13 @@ from PIL import Image
 import kuosan.tasks as kp
 from kuosan import Pipeline
 from kuosan.cli import main
+from kuosan.data.shapes import make_shapes_dataset
 from kuosan.errors import KuosanError
 from kuosan.limits import LimitError, Limits
+from kuosan.models.unet import UNetConfig
 from kuosan.request import Request
+from kuosan.samplers.grids import check_steps
+from kuosan.schedule import NoiseSchedule
 
 
 def test_each_limit_is_named_and_values_at_the_limit_pass():
@@ -140,3 +144,16 @@ def test_no_limits_is_in_the_help(capsys):
 def test_non_integers_get_the_callers_own_message(pipe):
     with pytest.raises(KuosanError, match="num_images_per_prompt must be an integer"):
         pipe.generate("a red circle", num_images_per_prompt="many")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: NoiseSchedule.linear(True),
+    lambda: make_shapes_dataset(True),
+    lambda: make_shapes_dataset(4, size=True),
+    lambda: UNetConfig(base_channels=True),
+    lambda: check_steps(True),
+], ids=["schedule-T", "shapes-n", "shapes-size", "unet-channels", "sampler-steps"])
+def test_a_bool_is_not_taken_for_a_count(call):
+    """Python's True is the int 1; a count, size or seed given as a bool is refused, not read as 1."""
+    with pytest.raises(KuosanError, match="True"):
+        call()

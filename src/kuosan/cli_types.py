@@ -48,12 +48,13 @@ def add_device_arguments(p: argparse.ArgumentParser, *, legacy_bf16: bool = Fals
     ``--bf16``, the flag of older versions, as ``--precision bf16``."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="the network's arithmetic: fp32, or bf16 autocast; auto = bf16 on a CUDA "
-                        "GPU with bf16, fp32 on CPUs (docs/speed.md says why)")
+                   help="the network's arithmetic: fp32, or bf16 autocast; auto = bf16 where the "
+                        "hardware does bf16 (a CUDA GPU with bf16, a CPU with AMX-BF16 or "
+                        "AVX512-BF16), fp32 elsewhere (docs/speed.md says why)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (CUDA graphs on a GPU): the first call of each "
-                        "shape compiles, minutes on a CPU, where it was not measured to pay off "
-                        "(docs/speed.md)")
+                        "shape compiles, about 3 minutes on a 2-core CPU, where it paid off only "
+                        "for the s UNet's sampling (docs/speed.md)")
     if legacy_bf16:
         p.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
                        help="the same as --precision bf16")

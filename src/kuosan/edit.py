@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 from .samplers import (
     BaseDenoiser,
     Denoiser,
@@ -143,7 +143,7 @@ def inpaint(model: ModelFn, known: Tensor, mask: Tensor, *, schedule: NoiseSched
     evaluations, the last step x̂_0. The initial noise is drawn first, as in ``sample``, so a
     seed gives the same result on every device.
     """
-    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+    if not is_int(resample) or resample < 1:
         raise KuosanError(f"resample must be an integer >= 1, got {resample!r}")
     pinned = PinnedDenoiser(Denoiser(model, schedule, prediction, clip_x0), known, mask, generator)
     if resample == 1:
@@ -248,7 +248,7 @@ def inpaint_windows(model: ModelFn, canvas: Tensor, mask: Tensor, window: int, *
 def strength_start(strength: float, steps: int) -> int:
     """The grid step SDEdit starts from: k = steps − n with n = ⌊strength·steps + ½⌋ steps to
     run, at least 1 for any strength > 0 (k = steps: none, the image itself)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise KuosanError(f"steps must be a positive integer, got {steps!r}")
     if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
         raise KuosanError(f"strength must be in [0, 1], got {strength!r}")

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from kuosan.data.shapes import BACKGROUNDS, COLOURS, PLURALS, CaptionSpec, ObjSpec, format_caption
 from kuosan.enhance_colours import XKCD_COLOURS
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 from kuosan.guidance import parse_composition
 from kuosan.metrics.shapes import PALETTE, PALETTE_HUE, _hue, parse
 
@@ -62,7 +62,7 @@ class MiniLMEmbed:
     20,000 captions of a scene model)."""
 
     def __init__(self, chunk: int = 256) -> None:
-        if not isinstance(chunk, int) or chunk < 1:
+        if not is_int(chunk) or chunk < 1:
             raise KuosanError(f"MiniLMEmbed's chunk must be a positive integer, got {chunk!r}")
         self._encoder: Any = None
         self._cache: dict[str, Tensor] = {}

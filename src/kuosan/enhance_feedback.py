@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from kuosan.enhance import CaptionLanguage, Rewrite
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 from kuosan.metrics.shapes import score
 
 __all__ = ["Feedback", "best_candidate", "feedback_plan", "generate_with_feedback",
@@ -47,7 +47,7 @@ def best_candidate(images: Sequence[Image.Image], target: str, reward: Reward) -
 def feedback_plan(rewrite: Rewrite, k: int) -> list[str]:
     """The prompts of k candidates: the top rewrites in turn (r0, r1, …, r0, r1, …); candidate
     i is drawn with seed + i, so candidate 0 is the picture without feedback."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise KuosanError(f"the number of feedback candidates must be an integer >= 1, got {k!r}")
     pool = list(rewrite.candidates) or [rewrite.text]
     return [pool[i % len(pool)] for i in range(k)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 from .guidance import parse_composition
 
 
@@ -77,7 +77,7 @@ class Limits:
         names = {**API_NAMES, **(names or {})}
         numbers = {"images": images, "steps": steps, "resample": resample, **(borders or {}),
                    "pixels": pixels}
-        numbers = {k: v for k, v in numbers.items() if _is_int(v)}  # the rest: not checked here
+        numbers = {k: v for k, v in numbers.items() if is_int(v)}  # the rest: not checked here
         for key, value in numbers.items():
             limit = getattr(self, "border" if key in SIDES else key)
             if limit is not None and value > limit:
@@ -155,11 +155,7 @@ class LimitError(KuosanError):
 
 def check_count(what: str, n: object) -> int:
     """``n`` if it is an integer >= 1, else a KuosanError naming ``what``."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise KuosanError(f"{what} must be an integer >= 1, got {n!r}")
     return n
 
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

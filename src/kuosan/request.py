@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 from .limits import check_count
 from .samplers import Generators
 
@@ -99,7 +99,7 @@ class Request:
         n = edits * check_count("num_images_per_prompt", self.num_images_per_prompt)
         size = check_count("batch_size", self.batch_size)
         gen = self.generator
-        if gen is None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        if gen is None and (not is_int(self.seed)
                             or not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1] - (n - 1)):
             raise KuosanError(f"seed must be an integer from {SEED_RANGE[0]} to "
                               f"{SEED_RANGE[1] - (n - 1)} (for {n} images, seeded seed + i), "

@@ -43,7 +43,7 @@ from PIL import Image
 from .checkpoint import load_captions
 from .data.emoji import split_caption
 from .data.emoji_scenes import COUNTS, GRAMMAR_WORDS, article, paste_tiles, place_tiles
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 from .images import pil_to_uint8
 from .limits import check_count
 from .metrics.emoji_scenes import parse
@@ -116,11 +116,10 @@ class ScenePipeline:
         if getattr(pipe.info, "name", None) == "emojiworld":
             raise KuosanError(f"'{pipe.name}' draws whole scenes itself (EmojiWorld): give it the "
                               f"caption without --scene")
-        if isinstance(size, bool) or not isinstance(size, int) or size not in SCENE_SIZES:
+        if not is_int(size) or size not in SCENE_SIZES:
             raise KuosanError(f"scene size must be a multiple of 16 from {SCENE_SIZES.start} "
                               f"to {SCENE_SIZES.stop - 1}, got {size!r}")
-        if layout_seed is not None and (isinstance(layout_seed, bool) or not isinstance(
-                layout_seed, int) or not 0 <= layout_seed < 2**63):
+        if layout_seed is not None and (not is_int(layout_seed) or not 0 <= layout_seed < 2**63):
             raise KuosanError(f"layout seed must be an integer from 0 to 2**63 - 1, got "
                               f"{layout_seed!r}")
         self.pipe, self.size, self.layout_seed = pipe, size, layout_seed
@@ -169,7 +168,7 @@ class ScenePipeline:
         prompts = request.prompts()
         n = len(prompts) * check_count("num_images_per_prompt", request.num_images_per_prompt)
         top = (SEED_RANGE[1] - MAX_EMOJI + 1) // MAX_EMOJI - (n - 1)  # emoji seeds fit torch's
-        if isinstance(request.seed, bool) or not isinstance(request.seed, int) or not 0 <= request.seed <= top:
+        if not is_int(request.seed) or not 0 <= request.seed <= top:
             raise KuosanError(f"a scene's seed must be an integer from 0 to {top} (its layout is "
                               f"drawn by numpy, image i seeded seed + i), got {request.seed!r}")
         plan = list(request.seeded_batches(len(prompts)))  # checks batch_size

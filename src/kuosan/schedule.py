@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
@@ -284,7 +284,7 @@ def target_for(prediction: Prediction, x0: Tensor, eps: Tensor, alpha_bar: Tenso
 
 
 def _check_T(T: int) -> None:
-    if not isinstance(T, int) or T < 2:
+    if not is_int(T) or T < 2:
         raise KuosanError(f"number of timesteps T must be an integer >= 2, got {T!r}")
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .defaults import IMG2IMG_STRENGTH, VARY_STRENGTH
 from .edit import composite, feather_mask, inpaint_windows, mask_from_image, sdedit
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 from .limits import SIDES, check_count
 from .request import Request
 from .result import Result
@@ -128,7 +128,7 @@ def inpaint(pipe: Pipeline, r: Request) -> Iterator[Result]:
 def outpaint(pipe: Pipeline, r: Request) -> Iterator[Result]:
     pads = {"left": r.left, "top": r.top, "right": r.right, "bottom": r.bottom}
     for name, value in pads.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             raise KuosanError(f"{name} must be a number of pixels >= 0, got {value!r}")
     if not any(pads.values()):
         raise KuosanError("outpaint: give at least one of left, top, right, bottom > 0")

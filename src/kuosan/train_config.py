@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from .errors import KuosanError
+from .errors import KuosanError, is_int
 from .precision import PRECISIONS
 from .schedule import PREDICTIONS, NoiseSchedule
 
 
 def _check_positive_ints(**values: Any) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise KuosanError(f"{name} must be a positive integer, got {value!r}")
 
 

@@ -28,7 +28,7 @@ from kuosan.data.captions import read_captions
 from kuosan.data.digits import DIGITS_SIZE, load_digits
 from kuosan.data.folder import IMAGE_EXTENSIONS, load_image_folder
 from kuosan.data.toys import TOY_NAMES, TOY_POINTS, make_toy, standardize
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 
 __all__ = [
     "DATASET_NAMES",
@@ -173,7 +173,7 @@ def _check_channels(channels: int | None) -> None:
 
 
 def _check_size(size: int | None) -> None:
-    if size is not None and (not isinstance(size, int) or size < 1):
+    if size is not None and (not is_int(size) or size < 1):
         raise KuosanError(f"image size must be a positive integer, got {size!r}")
 
 

@@ -65,7 +65,7 @@ from kuosan.data.emoji_sources import (
     sequence_key,
 )
 from kuosan.defaults import cache_folder
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 from kuosan.images import _atomic_write
 
 __all__ = [
@@ -340,7 +340,7 @@ def _render(source: Source, entry: EmojiEntry, size: int) -> np.ndarray:
 
 
 def _check_size(size: int) -> None:
-    if not isinstance(size, int) or not 16 <= size <= 128:
+    if not is_int(size) or not 16 <= size <= 128:
         raise KuosanError(f"emoji pictures are 16..128 pixels; got size={size!r}")
 
 

@@ -52,7 +52,7 @@ from PIL import Image
 from kuosan.data.emoji import TONES, EmojiEntry, read_cached, without_tone, write_cached
 from kuosan.data.shapes import POSITIONS
 from kuosan.defaults import cache_folder
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 
 __all__ = [
     "GRAMMAR_WORDS",
@@ -268,7 +268,7 @@ def make_scene_dataset(
 ) -> tuple[torch.Tensor, list[str], list[Scene]]:
     """n scenes: (items (n, 3, size, size) uint8, captions, scenes). Scene i is drawn with
     ``np.random.default_rng((seed, i))``, so it does not depend on n."""
-    if not isinstance(n, int) or n < 0:
+    if not is_int(n) or n < 0:
         raise KuosanError(f"number of EmojiWorld scenes must be a non-negative integer, got {n!r}")
     if pictures.shape[-1] < round(max(hi for _, hi in SIDES.values()) * size):
         raise KuosanError(f"emoji pictures of {pictures.shape[-1]} px are too small for "

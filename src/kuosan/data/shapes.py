@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 
 # --- the world (docs/shapes-spec.md) ---------------------------------------------------------
 
@@ -76,7 +76,7 @@ BACKGROUND_WEIGHTS = {"white": 0.6, "black": 0.2, "gray": 0.2}
 
 def check_canvas(size: int) -> None:
     """A canvas is a multiple of 16 up to 128."""
-    if not isinstance(size, int) or size % 16 or not 16 <= size <= 128:
+    if not is_int(size) or size % 16 or not 16 <= size <= 128:
         raise KuosanError(f"ShapesWorld canvas size must be 16, 32, 48, ... or 128, got {size!r}")
 
 
@@ -398,7 +398,7 @@ def make_shapes_dataset(
     so it does not depend on n."""
     if kind_weights is not None:
         kind_weights = check_kind_weights(kind_weights)
-    if not isinstance(n, int) or n < 0:
+    if not is_int(n) or n < 0:
         raise KuosanError(f"number of ShapesWorld images must be a non-negative integer, got {n!r}")
     check_canvas(size)
     items = np.empty((n, size, size, 3), dtype=np.uint8)

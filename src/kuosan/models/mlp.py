@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 from kuosan.models.unet import TimeEmbedding
 
 
@@ -28,7 +28,7 @@ class MLPConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "depth", "time_embed_dim"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise KuosanError(f"MLPConfig.{name} must be an integer >= 1, got {value!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise KuosanError(f"MLPConfig.dropout must be in [0, 1), got {self.dropout!r}")

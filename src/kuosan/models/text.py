@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 
 __all__ = [
     "TEXT_ENCODERS",
@@ -84,7 +84,7 @@ def _check_captions(captions: Sequence[str]) -> list[str]:
 
 
 def _check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise KuosanError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
 
 
@@ -350,7 +350,7 @@ class HFEncoder(TextEncoder):
             model = model.text_model
         self.model = model.eval().requires_grad_(False)
         dim = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
-        if not isinstance(dim, int):
+        if not is_int(dim):
             raise KuosanError(f"the model in folder {os.fspath(folder)!r} states no hidden_size "
                               "or d_model in its config.json; is it a text model?")
         self.dim = dim

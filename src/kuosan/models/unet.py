@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, is_int
 from kuosan.models.attention import (
     AttnBlock,
     CrossAttnBlock,
@@ -165,7 +165,7 @@ class UNetConfig:
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise KuosanError(f"UNetConfig.{name} must be an integer >= {minimum}, got {value!r}")
 
 

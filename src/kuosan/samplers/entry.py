@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import KuosanError
+from ..errors import KuosanError, is_int
 from ..schedule import NoiseSchedule, Prediction
 from .denoiser import BaseDenoiser, Generators, ModelFn, as_denoiser, randn
 from .grids import check_final_step, check_steps, final_weight, timesteps_uniform
@@ -70,7 +70,7 @@ def sample(
     schedule = denoiser.schedule
     steps = (schedule.T if entry.timesteps else 20) if steps is None else steps
     check_steps(steps)
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < steps:
+    if not is_int(start_step) or not 0 <= start_step < steps:
         raise KuosanError(f"start_step must be an integer in [0, {steps - 1}], got {start_step!r}")
     if x_T is None:
         if start_step:

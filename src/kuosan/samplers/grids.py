@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import KuosanError
+from ..errors import KuosanError, is_int
 from ..schedule import NoiseSchedule
 
 
@@ -30,7 +30,7 @@ def timesteps_uniform(schedule: NoiseSchedule, steps: int) -> Tensor:
 
 def check_steps(steps: int) -> None:
     """Raise unless ``steps`` is a positive integer."""
-    if not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise KuosanError(f"steps must be a positive integer, got {steps!r}")
 
 

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..defaults import STRENGTH
 from ..edit import RESAMPLE_SAMPLERS, mask_from_image, strength_start, window_plan
-from ..errors import KuosanError
+from ..errors import KuosanError, is_int
 from ..limits import SIDES, LimitError
 from ..pipeline import Pipeline
 from ..request import TASKS, Request
@@ -211,7 +211,7 @@ def _int(body: dict, name: str, default: int | None, lo: int, hi: int | None = N
         return default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise Refused(422, f"{name}: must be an integer, got {_show(value)}")
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi:,}" if hi is not None else f">= {lo}"
