@@ -14,6 +14,8 @@ speed-up over fp32. Guidance doubles the batch of each model call.
 
 Several models (``--model shapes-32,emoji-32``) are timed side by side in the same rounds, each
 also as a ratio against the first model in fp32: what one model costs per image beside another.
+Several batch sizes (``--batch 16,64``) likewise: each row's "× fp32" is against the same model
+in fp32 at the first batch size, so the table says what a larger batch buys in each precision.
 
 ``--report PATH`` writes ``PATH.json`` and ``PATH.md`` (the latest run) and appends a row to
 ``generate_speed_history.jsonl`` beside them (benchmarks/history.py).
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                         "side by side (ratios against the first)")
     p.add_argument("--prompt", default="a red circle above a blue square")
     p.add_argument("-n", type=int, default=64, help="images per timed call")
-    p.add_argument("--batch", type=int, default=64, help="images per model call")
+    p.add_argument("--batch", default="64",
+                   help="images per model call; several, comma-separated, are timed side by side")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--variants", default="fp32", help=f"comma-separated, from {list(VARIANTS)}")
     p.add_argument("--repeats", type=int, default=3)
@@ -75,25 +78,35 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
     models = args.model.split(",")
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        sys.exit(f"--batch: {args.batch!r} is not a comma-separated list of integers")
+    if min(batches) < 1:
+        sys.exit(f"--batch: {args.batch!r} has a size below 1")
 
     pipes, first = {}, {}
     for model in models:
         for v in variants:
             precision, compiled = VARIANTS[v]
-            pipe = Pipeline.load(model, device=args.device, precision=precision, compile=compiled)
-            start = time.perf_counter()
-            images_per_s(pipe, prompts_of(pipe, args.prompt, args.batch), args.steps, args.batch,
-                         args.device)
-            pipes[model, v], first[model, v] = pipe, time.perf_counter() - start
-    rates: dict[tuple[str, str], list[float]] = {k: [] for k in pipes}
+            pipes[model, v] = Pipeline.load(model, device=args.device, precision=precision,
+                                            compile=compiled)
+            for b in batches:  # the untimed first call of each shape (compiles it, if compiled)
+                start = time.perf_counter()
+                images_per_s(pipes[model, v], prompts_of(pipes[model, v], args.prompt, b),
+                             args.steps, b, args.device)
+                first[model, v, b] = time.perf_counter() - start
+    rates: dict[tuple[str, str, int], list[float]] = {k: [] for k in first}
     for r in range(args.repeats):
-        for key in list(pipes) if r % 2 == 0 else list(reversed(pipes)):
-            prompts = prompts_of(pipes[key], args.prompt, args.n)
-            rates[key].append(images_per_s(pipes[key], prompts, args.steps, args.batch, args.device))
+        for key in list(first) if r % 2 == 0 else list(reversed(first)):
+            pipe = pipes[key[:2]]
+            prompts = prompts_of(pipe, args.prompt, args.n)
+            rates[key].append(images_per_s(pipe, prompts, args.steps, key[2], args.device))
     med = {k: statistics.median(x) for k, x in rates.items()}
 
-    def name(key: tuple[str, str]) -> str:  # "fp32" for one model; "emoji-32/fp32" for several
-        return key[1] if len(models) == 1 else "/".join(key)
+    def name(key: tuple[str, str, int]) -> str:  # "fp32"; "emoji-32/fp32"; "fp32/b16"
+        return "/".join([*([key[0]] if len(models) > 1 else []), key[1],
+                         *([f"b{key[2]}"] if len(batches) > 1 else [])])
 
     dev = torch.device(args.device)
     sampler = ", ".join(f"{m} {pipes[m, 'fp32'].default_sampler}" for m in models)
@@ -104,19 +117,19 @@ def main(argv: list[str] | None = None) -> None:
                f"median of {args.repeats}",
              f"note: {args.note}",
              f"{'variant':24} {'images/s':>10} {'× fp32':>7} {'× ' + models[0]:>14} {'first s':>8}"]
-    base = med[models[0], "fp32"]
-    lines += [f"{name(k):24} {med[k]:10.2f} {med[k] / med[k[0], 'fp32']:7.2f} "
-              f"{med[k] / base:14.2f} {first[k]:8.1f}" for k in pipes]
-    lines.append(f"× fp32: against the same model in fp32; × {models[0]}: against {models[0]} "
-                 "in fp32 (below 1: slower per image)")
+    base = med[models[0], "fp32", batches[0]]
+    lines += [f"{name(k):24} {med[k]:10.2f} {med[k] / med[k[0], 'fp32', batches[0]]:7.2f} "
+              f"{med[k] / base:14.2f} {first[k]:8.1f}" for k in first]
+    lines.append(f"× fp32: against the same model in fp32 at batch {batches[0]}; × {models[0]}: "
+                 f"against {models[0]} in fp32 at batch {batches[0]} (below 1: slower per image)")
     print("\n".join(lines))
     if args.report is not None:
         meta = run_meta("generate_speed.py", argv, args.note, device=args.device,
                         native_bf16=native_bf16(dev))
         figures = {name(k): {"images_per_s": round(med[k], 3),
-                             "speedup": round(med[k] / med[k[0], "fp32"], 3),
+                             "speedup": round(med[k] / med[k[0], "fp32", batches[0]], 3),
                              "vs_first_model": round(med[k] / base, 3),
-                             "first_s": round(first[k], 1)} for k in pipes}
+                             "first_s": round(first[k], 1)} for k in first}
         written = write_report(args.report, "generate_speed", title="Text-to-image throughput",
                                meta=meta, data={"rates": {name(k): x for k, x in rates.items()},
                                                 "first_s": {name(k): x for k, x in first.items()}},

@@ -53,7 +53,7 @@ from torch.utils.flop_counter import (
 from kuosan.models import UNET_PRESETS, UNet, UNetConfig, count_parameters
 from kuosan.models.unet import ResBlock
 from kuosan.optim import adamw
-from kuosan.precision import Autocast, native_bf16
+from kuosan.precision import Autocast, compile_network, native_bf16
 
 Shape = tuple[int, ...]
 
@@ -158,8 +158,9 @@ def make_steps(model: nn.Module, x: Tensor, t: Tensor, target: Tensor, variant: 
         for block in model.modules():
             if isinstance(block, ResBlock):
                 block.dropout = nn.Dropout(block.dropout.p)
-    net = torch.compile(model) if variant.compile else model
-    run = Autocast(net, variant.precision, x.device)
+    if variant.compile:  # as --compile does: CUDA graphs on CUDA
+        compile_network(model, x.device)
+    run = Autocast(model, variant.precision, x.device)
 
     def train_step() -> None:
         model.train()

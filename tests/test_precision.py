@@ -202,6 +202,21 @@ def test_the_throughput_benchmark_times_several_models_side_by_side(tmp_path, ge
         emoji["images_per_s"] / figures["shapes-32/fp32"]["images_per_s"], rel=0.01)
 
 
+def test_the_throughput_benchmark_times_several_batch_sizes_side_by_side(tmp_path, generate_speed,
+                                                                         capsys):
+    generate_speed.main(["-n", "4", "--batch", "2,4", "--steps", "1", "--variants", "bf16",
+                         "--repeats", "1", "--threads", str(torch.get_num_threads()),
+                         "--report", str(tmp_path / "generate_speed")])
+    (row,) = [json.loads(line) for line in (tmp_path / "generate_speed_history.jsonl").open()]
+    figures = row["figures"]
+    assert set(figures) == {"fp32/b2", "fp32/b4", "bf16/b2", "bf16/b4"}
+    base = figures["fp32/b2"]
+    for f in figures.values():  # each against fp32 at the first batch size
+        assert f["speedup"] == pytest.approx(f["images_per_s"] / base["images_per_s"], rel=0.01)
+    with pytest.raises(SystemExit, match="--batch"):
+        generate_speed.main(["--batch", "2,x"])
+
+
 @pytest.fixture
 def train_run_speed():
     yield from benchmark_module("train_run_speed")

@@ -3,6 +3,7 @@ round trips, the frozen pretrained encoders (skipped without `transformers`), th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -339,3 +340,29 @@ def test_minilm_config_round_trip_and_cache(minilm: MiniLMEncoder) -> None:
     first, second = cached.encode(CAPTIONS), cached.encode(CAPTIONS)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     torch.testing.assert_close(first.pooled, want.pooled, atol=1e-5, rtol=1e-4)  # another batch
+
+
+def test_the_carried_minilm_reads_its_kept_captions_as_minilm_does(minilm, tmp_path, monkeypatch):
+    """benchmarks/gpu/offline_minilm.py: pack (fp16 weights, the kept tokens' rows) and unpack
+    give a MiniLM that encodes the kept captions as the original does within fp16's rounding, and
+    a stand-in package that points to it; other words read as zero rows."""
+    spec = importlib.util.spec_from_file_location(
+        "offline_minilm", Path(__file__).parents[1] / "benchmarks" / "gpu" / "offline_minilm.py")
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    kept = ["a red circle above a blue square", "red apple, flat style"]
+    monkeypatch.setattr(kit, "captions_to_keep", lambda extra: kept[:1] + extra)
+    kit.pack(tmp_path / "pack", kept[1:])
+    assert sum(f.stat().st_size for f in (tmp_path / "pack").iterdir()) < 30e6  # of 91 MB
+    folder = kit.unpack(tmp_path / "pack", tmp_path / "site")
+    stand_in = importlib.util.spec_from_file_location("stand_in", folder.parent / "__init__.py")
+    package = importlib.util.module_from_spec(stand_in)
+    stand_in.loader.exec_module(package)
+    assert package.get_model_path() == folder
+    carried = HFEncoder(folder, normalize=True)
+    a, b = minilm.encode(kept), carried.encode(kept)
+    assert torch.equal(a.mask, b.mask)
+    # fp16 weights, fp32 arithmetic: 2-3e-3 seen against token states up to 5.5 in size
+    torch.testing.assert_close(b.tokens, a.tokens, atol=2e-2, rtol=0)
+    other = ["a zebra"]  # "zebra" is not kept: its row is zero
+    assert F.cosine_similarity(minilm.encode(other).pooled, carried.encode(other).pooled) < 0.99
