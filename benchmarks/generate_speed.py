@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         sys.exit(f"unknown --variants {unknown}; choose from {list(VARIANTS)}")
-    torch.set_num_threads(args.threads)
-    models = args.model.split(",")
     try:
         batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
         sys.exit(f"--batch: {args.batch!r} is not a comma-separated list of integers")
     if min(batches) < 1:
         sys.exit(f"--batch: {args.batch!r} has a size below 1")
+    torch.set_num_threads(args.threads)
+    models = args.model.split(",")
 
     pipes, first = {}, {}
     for model in models:

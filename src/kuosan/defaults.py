@@ -11,8 +11,9 @@ IMG2IMG_STRENGTH = 0.7  # Pipeline.img2img: far enough to follow a new caption, 
 STRENGTH = {"vary": VARY_STRENGTH, "img2img": IMG2IMG_STRENGTH}  # by edit mode (web page, /api/info)
 
 # Images per batch of `kuosan generate` and the edits without --batch, by device type: on a CPU a
-# batch of 16 already keeps the cores busy and each finished batch is written at once; on a GPU a
-# step of 16 small images is bound by kernel launches, not arithmetic (docs/speed.md)
+# batch of 16 already keeps the cores busy (64 was slower per image in fp32, no faster in bf16)
+# and each finished batch is written at once; on a GPU a step of 16 small images is bound by
+# kernel launches, not arithmetic (docs/speed.md)
 GENERATE_BATCH = {"cpu": 16, "cuda": 256}
 
 

@@ -18,9 +18,11 @@ on stays fp32:
 - **CPU with native bf16** (AMX-BF16 or AVX512-BF16: Intel Sapphire Rapids and newer, AMD Zen 4
   and newer): bf16. On a 2-core AMD EPYC Zen 4 (AVX512-BF16) the UNet's training step ran
   1.44–1.57× (`s`) and 1.71–1.88× (`m`) as fast as fp32, its sampling step 1.38–1.42× and
-  1.54–1.61×, text-to-image 1.53× (shapes-32) and 1.58× (emoji-32); quality held: the digits'
-  10-minute benchmark (1.23× the steps, the same FID), the ShapesWorld caption benchmark and
-  the emoji probe of emoji-32 sampled in bf16 (docs/speed.md).
+  1.54–1.61× (batch 16; the `s` UNet's 1.71× at batch 256), text-to-image 1.53–1.70×
+  (shapes-32) and 1.57–1.58× (emoji-32); quality held: the digits' 10-minute benchmark (1.23×
+  the steps, the same FID), the ShapesWorld caption benchmark and the emoji probe of emoji-32
+  sampled in bf16, and ShapesWorld text-to-image runs trained in bf16 against one in fp32
+  (within the spread between two seeds; docs/speed.md).
 - **CPU without native bf16** (e.g. an AMD EPYC with AVX2): fp32. bf16 is emulated there:
   autocast made the `s` UNet's training step 8× and its sampling step 6× *slower* than fp32,
   even with channels-last (docs/speed.md, ``benchmarks/train_speed.py --variants``).
