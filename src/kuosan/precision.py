@@ -21,8 +21,9 @@ on stays fp32:
   1.54–1.61× (batch 16; the `s` UNet's 1.71× at batch 256), text-to-image 1.53–1.70×
   (shapes-32) and 1.57–1.58× (emoji-32); quality held: the digits' 10-minute benchmark (1.23×
   the steps, the same FID), the ShapesWorld caption benchmark and the emoji probe of emoji-32
-  sampled in bf16, and ShapesWorld text-to-image runs trained in bf16 against one in fp32
-  (within the spread between two seeds; docs/speed.md).
+  sampled in bf16, and ShapesWorld text-to-image models trained in bf16 against fp32 (from
+  scratch: within the spread between two seeds; shapes-32 trained on: 394 of 400 captions
+  agree; docs/speed.md).
 - **CPU without native bf16** (e.g. an AMD EPYC with AVX2): fp32. bf16 is emulated there:
   autocast made the `s` UNet's training step 8× and its sampling step 6× *slower* than fp32,
   even with channels-last (docs/speed.md, ``benchmarks/train_speed.py --variants``).
