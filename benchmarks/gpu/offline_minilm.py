@@ -20,7 +20,6 @@ a look at pictures of the kept captions, never for results about quality.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -43,25 +42,15 @@ def get_model_path() -> Path:
 
 def captions_to_keep(extra: list[str]) -> list[str]:
     """ShapesWorld captions of every kind, the bundled models' caption lists, and ``extra``."""
-    from kuosan.checkpoint import resolve_model
+    from kuosan.checkpoint import load_captions, resolve_model
     from kuosan.data.shapes import make_shapes_dataset
 
     texts = list(extra)
     for mix in ({"single": 1.0}, {"pair": 1.0}, {"count": 1.0}):
         texts += make_shapes_dataset(4000, size=32, seed=0, kind_weights=mix)[1]
     for name in ("shapes-32", "emoji-32"):
-        path = Path(resolve_model(name)) / "captions.json"
-        if path.exists():
-            texts += _strings(json.loads(path.read_text()))
+        texts += load_captions(resolve_model(name)) or []
     return texts
-
-
-def _strings(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    return [s for v in value for s in _strings(v)] if isinstance(value, list) else []
 
 
 def pack(out: Path, extra: list[str]) -> None:
