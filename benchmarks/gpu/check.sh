@@ -20,6 +20,7 @@ OUT=$(realpath "${1:?usage: bash benchmarks/gpu/check.sh OUT_DIR}")
 WORK=$OUT/work
 mkdir -p "$WORK"
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
+NOTE="GPU check (benchmarks/gpu/check.sh)"  # each report's note
 trap 'tar czf "$OUT/results.tar.gz" -C "$WORK" . ; echo "results: $OUT/results.tar.gz"' EXIT
 
 if [ -d .carry/wheels ]; then  # else: installed (pip install -e ".[bench]")
@@ -43,13 +44,13 @@ check picture 60 python3 -m kuosan.cli generate "a red circle above a blue squar
     --model shapes-32 --device cuda -n 16 --out "$WORK/picture.png"
 check train_speed 120 python3 benchmarks/train_speed.py --device cuda --batch-size 256 \
     --cases s32,m32,l32 --variants fp32,bf16 --warmup 3 --repeats 10 --peak-size 8192 \
-    --note "GPU check (benchmarks/gpu/check.sh)" --report "$WORK/train_speed_gpu"
+    --note "$NOTE" --report "$WORK/train_speed_gpu"
 check generate_speed 150 python3 benchmarks/generate_speed.py --device cuda --model shapes-32 \
     -n 2048 --batch 256,1024 --steps 20 --variants bf16,bf16-compile --repeats 3 \
-    --note "GPU check (benchmarks/gpu/check.sh)" --report "$WORK/generate_speed_gpu"
+    --note "$NOTE" --report "$WORK/generate_speed_gpu"
 check train_speed_compile 120 python3 benchmarks/train_speed.py --device cuda --batch-size 256 \
     --cases m32 --variants bf16,bf16-compile --warmup 3 --repeats 10 --peak-size 8192 \
-    --note "GPU check (benchmarks/gpu/check.sh)" --report "$WORK/train_speed_gpu_compile"
+    --note "$NOTE" --report "$WORK/train_speed_gpu_compile"
 check train_run_speed 90 python3 benchmarks/train_run_speed.py --rounds 1 --steps 60 --skip 20 \
     --train-args "--device cuda --preset m --text-encoder minilm --batch 256" \
-    --note "GPU check (benchmarks/gpu/check.sh)" --report "$WORK/train_run_speed_gpu"
+    --note "$NOTE" --report "$WORK/train_run_speed_gpu"
